@@ -1,0 +1,275 @@
+//! The ABI between enforcerd's BPF programs (`lsm-ebpf`) and its daemon (`enforcerd`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so both sides agree on the bytes. The
+//! compile step in the daemon turns profiles into these keys and values; the BPF programs only
+//! look them up. Sizes are asserted at compile time below.
+#![no_std]
+
+/// Deepest cgroup level the kernel programs examine when looking for a governing profile
+/// (level 0 is the root cgroup). Selectors deeper than this are refused by the daemon.
+pub const MAX_CGROUP_LEVELS: usize = 32;
+
+/// Bytes of a path that take part in rule matching: an LPM trie key holds at most 256 data
+/// bytes, 4 of which are the profile id. Rule paths (plus their terminator) must fit; longer
+/// *opened* paths still match subtree rules whose prefix fits.
+pub const RULE_PATH_BYTES: usize = 252;
+
+/// Size of the buffer the kernel writes a resolved path into (`PATH_MAX`). A path that does
+/// not fit cannot be decided; a governed task is then denied (in enforce mode) and reported.
+pub const PATH_BUF_BYTES: usize = 4096;
+
+/// Bytes of the resolved path carried in a decision record.
+pub const EVENT_PATH_BYTES: usize = 512;
+
+/// A verdict stored in a rule entry or a profile default.
+pub mod verdict {
+    /// No rule decides; fall back to the profile default.
+    pub const NONE: u8 = 0;
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+}
+
+/// `ProfileConfig::mode`.
+pub mod mode {
+    pub const ENFORCE: u8 = 0;
+    /// Dry run: report what would have been denied, never block.
+    pub const AUDIT: u8 = 1;
+}
+
+/// `ProfileConfig::on_violation`.
+pub mod on_violation {
+    /// Return `-EPERM`.
+    pub const DENY: u8 = 0;
+    /// `SIGKILL` the offending process, and return `-EPERM`.
+    pub const KILL: u8 = 1;
+}
+
+/// `Event::hook`.
+pub mod hook {
+    pub const EXEC: u8 = 1;
+    pub const FILE: u8 = 2;
+    pub const CONNECT: u8 = 3;
+}
+
+/// `Event::decision`.
+pub mod decision {
+    pub const DENY: u8 = 1;
+    pub const KILL: u8 = 2;
+    /// Audit mode: would have been denied (or killed), was allowed.
+    pub const AUDIT: u8 = 3;
+}
+
+/// `Event::reason`: why the programs reached a non-allow decision.
+pub mod reason {
+    /// A rule of the profile matched.
+    pub const RULE: u8 = 1;
+    /// No rule matched; the profile's default posture applied.
+    pub const DEFAULT: u8 = 2;
+    /// The resolved path did not fit `PATH_BUF_BYTES`, or resolving it failed.
+    pub const PATH_UNRESOLVED: u8 = 3;
+    /// A kernel read the programs depend on failed.
+    pub const READ_FAILED: u8 = 4;
+}
+
+/// File access bits, from the open mode (`FMODE_READ` / `FMODE_WRITE`).
+pub mod access {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+}
+
+/// Transport protocols as they appear in network rule keys (IANA protocol numbers).
+pub mod protocol {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Address families as they appear in network rule keys and events. IPv4-mapped IPv6
+/// addresses are keyed and reported as IPv4.
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Per-profile settings, value of the `PROFILES` map (key: profile id, `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileConfig {
+    /// `mode::*`
+    pub mode: u8,
+    /// `on_violation::*`
+    pub on_violation: u8,
+    /// `verdict::ALLOW` or `verdict::DENY`, for binaries no exec rule names.
+    pub exec_default: u8,
+    /// Defaults for file opens no file rule covers, per access kind.
+    pub file_read_default: u8,
+    pub file_write_default: u8,
+    /// Default for connects no network rule covers.
+    pub connect_default: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Data part of an LPM trie key for exec and file rules. The trie matches the longest prefix of
+/// `profile_id` followed by `path`:
+/// - a subtree rule `/var/www/` is stored with its bytes and no terminator, so it matches every
+///   path below `/var/www/` and only those (the trailing `/` ends the component);
+/// - an exact rule `/etc/shadow` is stored with a terminating NUL, so it matches that path only.
+///
+/// `prefix_len` (in the trie key) is `32 + 8 * (bytes stored)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    /// The profile id in big-endian byte order (the trie compares bytes MSB first).
+    pub profile_id: [u8; 4],
+    pub path: [u8; RULE_PATH_BYTES],
+}
+
+/// Value of the exec rule trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRule {
+    /// `verdict::ALLOW` or `verdict::DENY`.
+    pub verdict: u8,
+}
+
+/// Value of the file rule trie: the verdict for each access kind, already resolved by the
+/// daemon (an access a rule does not name inherits from the next less specific rule that does,
+/// else from the profile default), so the kernel needs exactly one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileRule {
+    pub read: u8,
+    pub write: u8,
+}
+
+/// Data part of the LPM trie key for connect rules: profile, protocol, port, family, then the
+/// address, so a rule is a prefix of `64 + cidr_bits` bits. Port 0 means "any port"; the
+/// kernel looks up the exact port first, then port 0, and the longer CIDR wins (the exact port
+/// on a tie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetKey {
+    pub profile_id: [u8; 4],
+    /// `protocol::TCP` or `protocol::UDP`.
+    pub protocol: u8,
+    /// `family::IPV4` or `family::IPV6`.
+    pub family: u8,
+    /// Port in big-endian byte order; 0 = any port.
+    pub port: [u8; 2],
+    /// IPv6 address, or IPv4 address in the first 4 bytes (rest zero).
+    pub addr: [u8; 16],
+}
+
+/// Value of the connect rule trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// `verdict::ALLOW` or `verdict::DENY`.
+    pub verdict: u8,
+    /// The rule's CIDR prefix length, to pick between the exact-port and any-port matches.
+    pub cidr_len: u8,
+}
+
+/// A non-allow decision, written by the kernel programs to the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` at the decision.
+    pub boot_ns: u64,
+    pub cgroup_id: u64,
+    pub profile_id: u32,
+    /// Thread group id (the process id users know).
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// `hook::*`
+    pub hook: u8,
+    /// `decision::*`
+    pub decision: u8,
+    /// `reason::*`
+    pub reason: u8,
+    /// `access::*` bits (file hook).
+    pub access: u8,
+    /// `protocol::*` (connect hook).
+    pub protocol: u8,
+    /// `family::*` (connect hook).
+    pub family: u8,
+    /// Destination port, host byte order (connect hook).
+    pub port: u16,
+    /// Destination address (connect hook): IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    /// Length `bpf_d_path` reported (including the NUL), or a negative errno; 0 when the hook
+    /// has no path. When larger than `EVENT_PATH_BYTES`, `path` holds the first bytes only.
+    pub path_len: i32,
+    pub path: [u8; EVENT_PATH_BYTES],
+}
+
+/// Index of the per-hook counters in the `COUNTERS` per-CPU array: `hook * COUNTER_KINDS +
+/// kind`.
+pub mod counter {
+    pub const ALLOWED: u32 = 0;
+    pub const DENIED: u32 = 1;
+    pub const KILLED: u32 = 2;
+    pub const AUDITED: u32 = 3;
+    /// Decision records lost because the ring buffer was full.
+    pub const DROPPED: u32 = 4;
+    pub const KINDS: u32 = 5;
+    /// Entries in the array: hooks are 1..=3.
+    pub const ENTRIES: u32 = 4 * KINDS;
+}
+
+/// Names of the read-only globals the daemon sets from the running kernel's BTF before load.
+pub mod globals {
+    pub const BPRM_FILE: &str = "OFF_BPRM_FILE";
+    pub const FILE_F_PATH: &str = "OFF_FILE_F_PATH";
+    pub const FILE_F_FLAGS: &str = "OFF_FILE_F_FLAGS";
+    pub const FILE_F_MODE: &str = "OFF_FILE_F_MODE";
+    pub const SOCKET_TYPE: &str = "OFF_SOCKET_TYPE";
+    pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
+    pub const TASK_TGID: &str = "OFF_TASK_TGID";
+}
+
+/// Names of the maps, as the BPF object defines them.
+pub mod maps {
+    pub const CGROUP_PROFILES: &str = "CGROUP_PROFILES";
+    pub const PROFILES: &str = "PROFILES";
+    pub const EXEC_RULES: &str = "EXEC_RULES";
+    pub const FILE_RULES: &str = "FILE_RULES";
+    pub const NET_RULES: &str = "NET_RULES";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Map capacities. The tries allocate on insert, so a large maximum costs nothing until used.
+pub mod capacity {
+    pub const CGROUP_PROFILES: u32 = 65_536;
+    pub const PROFILES: u32 = 4_096;
+    pub const EXEC_RULES: u32 = 65_536;
+    pub const FILE_RULES: u32 = 262_144;
+    pub const NET_RULES: u32 = 65_536;
+    /// Ring buffer bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 20;
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ProfileConfig>() == 8);
+    assert!(core::mem::size_of::<PathKey>() == 256);
+    assert!(core::mem::size_of::<NetKey>() == 24);
+    assert!(core::mem::size_of::<FileRule>() == 2);
+    assert!(core::mem::size_of::<NetRule>() == 2);
+    assert!(core::mem::size_of::<Event>() == 8 + 8 + 5 * 4 + 8 + 16 + 16 + 4 + EVENT_PATH_BYTES);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, made of integers and byte arrays, without
+    // implicit padding (sizes asserted above).
+    unsafe impl aya::Pod for super::ProfileConfig {}
+    unsafe impl aya::Pod for super::PathKey {}
+    unsafe impl aya::Pod for super::ExecRule {}
+    unsafe impl aya::Pod for super::FileRule {}
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,133 @@
+//! Struct field offsets of the running kernel, read from its BTF. Rust BPF programs have no
+//! CO-RE relocations, so these are handed to the programs as read-only globals at load time;
+//! that is how one binary runs on every kernel (the layouts really differ between 6.1, 6.12
+//! and 7.x).
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF {path}: {error}")]
+    Read { path: String, error: String },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {0} has no member {1}")]
+    NoMember(String, String),
+    #[error("kernel BTF: {0}.{1} is a bitfield")]
+    Bitfield(String, String),
+}
+
+/// Byte offsets of the fields the programs read, with the global each is written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub bprm_file: u64,
+    pub file_f_path: u64,
+    pub file_f_flags: u64,
+    pub file_f_mode: u64,
+    pub socket_type: u64,
+    pub task_real_parent: u64,
+    pub task_tgid: u64,
+}
+
+impl Offsets {
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path).map_err(|e| BtfError::Read {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })?;
+        Ok(Offsets {
+            bprm_file: member_offset(&btf, "linux_binprm", "file")?,
+            file_f_path: member_offset(&btf, "file", "f_path")?,
+            file_f_flags: member_offset(&btf, "file", "f_flags")?,
+            file_f_mode: member_offset(&btf, "file", "f_mode")?,
+            socket_type: member_offset(&btf, "socket", "type")?,
+            task_real_parent: member_offset(&btf, "task_struct", "real_parent")?,
+            task_tgid: member_offset(&btf, "task_struct", "tgid")?,
+        })
+    }
+
+    /// (global name in the BPF object, value).
+    pub fn globals(&self) -> [(&'static str, u64); 7] {
+        use enforcerd_common::globals as g;
+        [
+            (g::BPRM_FILE, self.bprm_file),
+            (g::FILE_F_PATH, self.file_f_path),
+            (g::FILE_F_FLAGS, self.file_f_flags),
+            (g::FILE_F_MODE, self.file_f_mode),
+            (g::SOCKET_TYPE, self.socket_type),
+            (g::TASK_REAL_PARENT, self.task_real_parent),
+            (g::TASK_TGID, self.task_tgid),
+        ]
+    }
+}
+
+/// Byte offset of `member` in `struct strukt`, looking through anonymous struct/union members
+/// (the kernel wraps fields in them, e.g. `struct file` on 6.12+).
+fn member_offset(btf: &Btf, strukt: &str, member: &str) -> Result<u64, BtfError> {
+    let types = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt.into()))?;
+    for t in types {
+        if let Type::Struct(s) = t {
+            return match find_member(btf, &s, member) {
+                Some(Ok(bits)) => Ok(u64::from(bits / 8)),
+                Some(Err(())) => Err(BtfError::Bitfield(strukt.into(), member.into())),
+                None => Err(BtfError::NoMember(strukt.into(), member.into())),
+            };
+        }
+    }
+    Err(BtfError::NoStruct(strukt.into()))
+}
+
+/// Bit offset of `name` in `s`; `Some(Err(()))` for a bitfield or unaligned member.
+fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Option<Result<u32, ()>> {
+    for m in &s.members {
+        let member_name = btf.resolve_name(m).unwrap_or_default();
+        if member_name == name {
+            let bits = m.bit_offset();
+            if m.bitfield_size().is_some_and(|size| size != 0) || bits % 8 != 0 {
+                return Some(Err(()));
+            }
+            return Some(Ok(bits));
+        }
+        if member_name.is_empty() {
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m) {
+                if let Some(found) = find_member(btf, &inner, name) {
+                    return Some(found.map(|bits| bits + m.bit_offset()));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the build machine's own kernel BTF when it has one (it only parses; nothing is
+    /// loaded). The VM suite covers the kernel matrix.
+    #[test]
+    fn reads_offsets_from_this_machines_kernel() {
+        let path = Path::new(crate::paths::KERNEL_BTF);
+        if !path.exists() {
+            eprintln!("skipped: {} does not exist on this machine", path.display());
+            return;
+        }
+        let o = Offsets::from_file(path).unwrap();
+        // Plausibility: f_path is a 16-byte struct path, so f_flags/f_mode cannot overlap it,
+        // and every field lies inside its struct.
+        for (a, b) in [(o.file_f_flags, o.file_f_path), (o.file_f_mode, o.file_f_path)] {
+            assert!(a < b || a >= b + 16, "{o:?}");
+        }
+        assert!(o.bprm_file > 0 && o.bprm_file < 512, "{o:?}");
+        assert!(o.task_tgid > 0 && o.task_real_parent > o.task_tgid, "{o:?}");
+    }
+
+    #[test]
+    fn missing_btf_file_is_a_precise_error() {
+        let e = Offsets::from_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read kernel BTF /nonexistent/vmlinux"));
+    }
+}

@@ -1,0 +1,16 @@
+//! enforcerd: runtime security enforcement with BPF LSM.
+//!
+//! The data flow, one module per step:
+//! profile YAML --[`profile`]--> validated `Profile` --[`trust`]--> trusted profile
+//! --[`workload`]--> cgroup ids --[`compile`]--> typed map entries --[`kernel`]--> BPF maps;
+//! kernel decisions --[`events`]--> JSON lines. [`daemon`] wires it; [`cli`] is the shell.
+pub mod cli;
+pub mod compile;
+pub mod daemon;
+pub mod events;
+pub mod exit;
+pub mod kernel;
+pub mod paths;
+pub mod profile;
+pub mod trust;
+pub mod workload;

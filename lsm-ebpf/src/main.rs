@@ -1,0 +1,21 @@
+//! enforcerd's BPF LSM programs. Each entry point finds the calling task's profile by its
+//! cgroup (nearest governed ancestor), looks the operation up in that profile's rule trie
+//! (one longest-prefix lookup), and allows, denies (`-EPERM`), kills (`SIGKILL` + `-EPERM`) or,
+//! in audit mode, allows and reports. Tasks in no governed cgroup cost a few map lookups.
+#![no_std]
+#![no_main]
+
+mod decide;
+mod maps;
+mod offsets;
+mod programs;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,51 @@
+//! The maps shared with the daemon. Keys and values are the `enforcerd_common` types.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use enforcerd_common::{
+    ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey, ProfileConfig, capacity, counter,
+};
+
+/// Governed cgroup id -> profile id.
+#[map]
+pub static CGROUP_PROFILES: HashMap<u64, u32> =
+    HashMap::with_max_entries(capacity::CGROUP_PROFILES, 0);
+
+/// Profile id -> settings.
+#[map]
+pub static PROFILES: HashMap<u32, ProfileConfig> =
+    HashMap::with_max_entries(capacity::PROFILES, 0);
+
+#[map]
+pub static EXEC_RULES: LpmTrie<PathKey, ExecRule> =
+    LpmTrie::with_max_entries(capacity::EXEC_RULES, 0);
+
+#[map]
+pub static FILE_RULES: LpmTrie<PathKey, FileRule> =
+    LpmTrie::with_max_entries(capacity::FILE_RULES, 0);
+
+#[map]
+pub static NET_RULES: LpmTrie<NetKey, NetRule> = LpmTrie::with_max_entries(capacity::NET_RULES, 0);
+
+/// Decision records (`enforcerd_common::Event`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Per-hook decision counters, see `enforcerd_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::ENTRIES, 0);
+
+/// Per-CPU scratch space. Its first bytes are laid out as an LPM trie key for the path tries
+/// (`prefix_len`, then `PathKey`), so `bpf_d_path` writes the resolved path straight into the
+/// key and one lookup needs no copy. Bytes after the path's NUL are stale; that is harmless
+/// because no rule entry extends past a NUL (see `PathKey`).
+#[repr(C)]
+pub struct PathScratch {
+    pub prefix_len: u32,
+    pub profile_id: [u8; 4],
+    pub path: [u8; PATH_BUF_BYTES],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,247 @@
+//! The three LSM entry points. Each returns early, before any lookup, for what it does not
+//! govern, respects a denial by an earlier LSM, then decides with one trie lookup (two for
+//! connect: exact port and any port).
+use aya_ebpf::{
+    bindings::path,
+    cty::c_char,
+    helpers::{bpf_d_path, bpf_probe_read_kernel},
+    macros::lsm,
+    maps::lpm_trie::Key,
+    programs::LsmContext,
+};
+use enforcerd_common::{
+    NetKey, NetRule, PATH_BUF_BYTES, PathKey, RULE_PATH_BYTES, access, family, hook, protocol,
+    reason, verdict as v,
+};
+
+use crate::{
+    decide::{Detail, Governed, governing_profile, verdict},
+    maps::{EXEC_RULES, FILE_RULES, NET_RULES, PathScratch, SCRATCH},
+    offsets,
+};
+
+/// `__FMODE_EXEC` in `file->f_flags`: the kernel's open of a binary (or of the ELF
+/// interpreter) for exec. Those are decided in `bprm_check_security`, not as file reads.
+const FMODE_EXEC_FLAG: u32 = 0x20;
+const FMODE_READ: u32 = 0x1;
+const FMODE_WRITE: u32 = 0x2;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: i16 = 1;
+const SOCK_DGRAM: i16 = 2;
+/// LPM prefix length covering a whole `PathKey` / `NetKey`.
+const PATH_KEY_BITS: u32 = 8 * (4 + RULE_PATH_BYTES as u32);
+const NET_KEY_BITS: u32 = 8 * core::mem::size_of::<NetKey>() as u32;
+
+/// Exec: decided on the file the kernel opened for execution (`bprm->file`), by its resolved
+/// path, so relative paths, `..`, symlinks, `/proc/self/fd/N` and `execveat` all land on the
+/// same rule. Called once per binary the kernel executes, including each `#!` interpreter.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(governed) = governing_profile() else {
+        return 0;
+    };
+    let bprm: *const u8 = ctx.arg(0);
+    // A direct load from the hook's typed argument: the verifier then knows the result is the
+    // `struct file *` member, which `bpf_d_path` requires.
+    let file = unsafe { *(bprm.add(offsets::bprm_file()) as *const *const u8) };
+    let f_path = unsafe { file.add(offsets::file_f_path()) };
+    let mut detail = Detail::new(hook::EXEC);
+    let denied = match resolve_path(&governed, f_path, &mut detail) {
+        Some(scratch) => {
+            let rule = EXEC_RULES.get(as_path_key(scratch));
+            let verdict = match rule {
+                Some(r) => {
+                    detail.reason = reason::RULE;
+                    r.verdict
+                }
+                None => {
+                    detail.reason = reason::DEFAULT;
+                    governed.config.exec_default
+                }
+            };
+            verdict != v::ALLOW
+        }
+        None => true,
+    };
+    verdict(&governed, denied, &detail)
+}
+
+/// Files: the resolved path and the access (read/write) from the open mode.
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let flags = unsafe { *(file.add(offsets::file_f_flags()) as *const u32) };
+    if flags & FMODE_EXEC_FLAG != 0 {
+        return 0;
+    }
+    let Some(governed) = governing_profile() else {
+        return 0;
+    };
+    let fmode = unsafe { *(file.add(offsets::file_f_mode()) as *const u32) };
+    let mut detail = Detail::new(hook::FILE);
+    if fmode & FMODE_READ != 0 {
+        detail.access |= access::READ;
+    }
+    if fmode & FMODE_WRITE != 0 {
+        detail.access |= access::WRITE;
+    }
+    let f_path = unsafe { file.add(offsets::file_f_path()) };
+    let denied = match resolve_path(&governed, f_path, &mut detail) {
+        Some(scratch) => {
+            let (read, write) = match FILE_RULES.get(as_path_key(scratch)) {
+                Some(r) => {
+                    detail.reason = reason::RULE;
+                    (r.read, r.write)
+                }
+                None => {
+                    detail.reason = reason::DEFAULT;
+                    (governed.config.file_read_default, governed.config.file_write_default)
+                }
+            };
+            (detail.access & access::READ != 0 && read != v::ALLOW)
+                || (detail.access & access::WRITE != 0 && write != v::ALLOW)
+        }
+        None => true,
+    };
+    verdict(&governed, denied, &detail)
+}
+
+/// Resolves `f_path` into the per-CPU scratch key and prepares it for a lookup in the
+/// governing profile's part of a path trie. `None` means the path could not be resolved (too
+/// long for `PATH_MAX`, or a helper failure): undecidable, so the caller denies.
+#[inline(always)]
+fn resolve_path(governed: &Governed, f_path: *const u8, detail: &mut Detail) -> Option<&'static mut PathScratch> {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        detail.reason = reason::READ_FAILED;
+        return None;
+    };
+    let len = unsafe {
+        bpf_d_path(
+            f_path as *mut path,
+            (*scratch).path.as_mut_ptr() as *mut c_char,
+            PATH_BUF_BYTES as u32,
+        )
+    } as i32;
+    detail.path = unsafe { (*scratch).path.as_ptr() };
+    detail.path_len = len;
+    if len <= 0 {
+        detail.reason = reason::PATH_UNRESOLVED;
+        return None;
+    }
+    let scratch = unsafe { &mut *scratch };
+    scratch.prefix_len = PATH_KEY_BITS;
+    scratch.profile_id = governed.profile_id.to_be_bytes();
+    Some(scratch)
+}
+
+/// The scratch buffer's head, seen as a path trie key.
+#[inline(always)]
+fn as_path_key(scratch: &PathScratch) -> &Key<PathKey> {
+    // SAFETY: PathScratch starts with the same bytes as Key<PathKey> (prefix_len, profile id,
+    // path) and is larger; both are plain bytes.
+    unsafe { &*(scratch as *const PathScratch as *const Key<PathKey>) }
+}
+
+/// Connect: AF_INET/AF_INET6 destination address, port and protocol (from the socket type).
+/// IPv4-mapped IPv6 destinations are looked up as IPv4.
+#[lsm(hook = "socket_connect")]
+pub fn socket_connect(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let sock: *const u8 = ctx.arg(0);
+    let address: *const u8 = ctx.arg(1);
+    let addrlen: i32 = ctx.arg(2);
+    let Ok(sa_family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
+        return 0;
+    };
+    if sa_family != AF_INET && sa_family != AF_INET6 {
+        return 0;
+    }
+    let Some(governed) = governing_profile() else {
+        return 0;
+    };
+    let sock_type = unsafe { *(sock.add(offsets::socket_type()) as *const i16) };
+    let mut detail = Detail::new(hook::CONNECT);
+    detail.protocol = match sock_type {
+        SOCK_STREAM => protocol::TCP,
+        SOCK_DGRAM => protocol::UDP,
+        _ => 0,
+    };
+    // The kernel refuses a sockaddr shorter than its family's (EINVAL) after this hook;
+    // reading one anyway is harmless, but a failed read of a governed task's address is
+    // undecidable and denied.
+    let read_ok = if sa_family == AF_INET {
+        // struct sockaddr_in: family, port (BE), address.
+        match unsafe { bpf_probe_read_kernel(address as *const [u8; 8]) } {
+            Ok(sin) => {
+                detail.family = family::IPV4;
+                detail.port = u16::from_be_bytes([sin[2], sin[3]]);
+                detail.addr[..4].copy_from_slice(&sin[4..8]);
+                true
+            }
+            Err(_) => false,
+        }
+    } else {
+        // struct sockaddr_in6: family, port (BE), flowinfo, address.
+        match unsafe { bpf_probe_read_kernel(address as *const [u8; 24]) } {
+            Ok(sin6) => {
+                detail.port = u16::from_be_bytes([sin6[2], sin6[3]]);
+                let a = &sin6[8..24];
+                let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+                if mapped {
+                    detail.family = family::IPV4;
+                    detail.addr[..4].copy_from_slice(&a[12..16]);
+                } else {
+                    detail.family = family::IPV6;
+                    detail.addr.copy_from_slice(a);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    };
+    let _ = addrlen;
+    let denied = if !read_ok {
+        detail.reason = reason::READ_FAILED;
+        true
+    } else {
+        let mut data = NetKey {
+            profile_id: governed.profile_id.to_be_bytes(),
+            protocol: detail.protocol,
+            family: detail.family,
+            port: detail.port.to_be_bytes(),
+            addr: detail.addr,
+        };
+        // References, not copies: `Option<&T>` has no undefined payload for LLVM to spill.
+        let exact = NET_RULES.get(&Key::new(NET_KEY_BITS, data));
+        data.port = [0, 0];
+        let any_port = NET_RULES.get(&Key::new(NET_KEY_BITS, data));
+        let rule: Option<&NetRule> = match (exact, any_port) {
+            (Some(e), Some(a)) => Some(if a.cidr_len > e.cidr_len { a } else { e }),
+            (e, a) => e.or(a),
+        };
+        let verdict = match rule {
+            Some(r) => {
+                detail.reason = reason::RULE;
+                r.verdict
+            }
+            None => {
+                detail.reason = reason::DEFAULT;
+                governed.config.connect_default
+            }
+        };
+        verdict != v::ALLOW
+    };
+    verdict(&governed, denied, &detail)
+}

@@ -1,0 +1,99 @@
+//! The scenarios the guest runner knows, in the order one boot runs them. The host uses this
+//! list to validate `--scenario` filters and to know which scenarios a boot still owes.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// Whether the scenario starts `enforcerd` (the initramfs must then contain it).
+    pub needs_daemon: bool,
+    pub about: &'static str,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "environment",
+        needs_daemon: false,
+        about: "the VM itself: BPF LSM active, BTF, cgroup2, bpffs, loopback with IPv4 and IPv6",
+    },
+    Scenario {
+        name: "exec_allowlist",
+        needs_daemon: true,
+        about: "exec default deny: denied binaries by path, relative path, .., symlink, fd; \
+                script interpreters; ungoverned cgroups unaffected",
+    },
+    Scenario {
+        name: "files",
+        needs_daemon: true,
+        about: "denied reads, read-only subtrees, longest rule wins, symlinks, ungoverned reads",
+    },
+    Scenario {
+        name: "connect",
+        needs_daemon: true,
+        about: "CIDR/port/protocol rules for IPv4, IPv6 and IPv4-mapped IPv6; deny rules",
+    },
+    Scenario {
+        name: "kill_on_violation",
+        needs_daemon: true,
+        about: "onViolation kill: the offender dies by SIGKILL and the action did not happen",
+    },
+    Scenario {
+        name: "audit_mode",
+        needs_daemon: true,
+        about: "mode audit: nothing is blocked, each would-be denial is reported",
+    },
+    Scenario {
+        name: "nested_cgroups_and_namespaces",
+        needs_daemon: true,
+        about: "child cgroups created later, unshare(2) of namespaces and cgroup moves stay governed",
+    },
+    Scenario {
+        name: "bad_input",
+        needs_daemon: true,
+        about: "malformed profiles are refused with file:line:col while valid ones are enforced; \
+                10,000 file rules",
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// The scenarios a filter selects, in catalog order; every name must exist.
+pub fn select(filter: &[String]) -> Result<Vec<&'static Scenario>, String> {
+    for name in filter {
+        if find(name).is_none() {
+            let known: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
+            return Err(format!(
+                "unknown scenario {name:?}; known: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(SCENARIOS
+        .iter()
+        .filter(|s| filter.is_empty() || filter.iter().any(|f| f == s.name))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_keeps_catalog_order_and_rejects_unknown_names() {
+        let all = select(&[]).unwrap();
+        assert_eq!(all.len(), SCENARIOS.len());
+        let some = select(&["files".into(), "environment".into()]).unwrap();
+        let names: Vec<_> = some.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["environment", "files"]);
+        assert!(select(&["nope".into()]).unwrap_err().contains("exec_allowlist"));
+    }
+
+    #[test]
+    fn names_are_unique_and_cmdline_safe() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(s.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(SCENARIOS[i + 1..].iter().all(|o| o.name != s.name));
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Starting and stopping `enforcerd` inside the VM, and reading its decision lines.
+//!
+//! The daemon's stdout (one JSON decision per line) and stderr (logs) go to files in /tmp; the
+//! runner reads them incrementally, relays new lines to the console, and searches the
+//! decisions. Readiness is systemd's protocol: `READY=1` on the datagram socket named by
+//! `NOTIFY_SOCKET`.
+
+use super::out::say;
+use serde_json::Value;
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ENFORCERD: &str = "/bin/enforcerd";
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a decision line may take to travel from the kernel to the daemon's stdout.
+pub const DECISION_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn describe_status(s: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (None, Some(sig)) => format!("killed by {}", super::sys::signal_name(sig)),
+        _ => s.to_string(),
+    }
+}
+
+/// A file another process appends to, read line by line as it grows.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Tail {
+        Tail {
+            path,
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// Complete lines appended since the last call.
+    fn new_lines(&mut self) -> Vec<String> {
+        let Ok(mut f) = File::open(&self.path) else {
+            return vec![];
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return vec![];
+        }
+        let mut buf = Vec::new();
+        if f.read_to_end(&mut buf).is_err() {
+            return vec![];
+        }
+        self.offset += buf.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        let mut lines = Vec::new();
+        while let Some(i) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=i).collect();
+            lines.push(line.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        lines
+    }
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub profiles: PathBuf,
+    pub ready_after: Duration,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    out: Tail,
+    err: Tail,
+}
+
+/// Why the daemon did not become ready.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub got: String,
+    pub stderr: String,
+}
+
+impl Daemon {
+    /// Starts `enforcerd run --profiles DIR --allow-unsigned` and waits for READY=1.
+    pub fn start(profiles: &Path, tag: &str) -> Result<Daemon, StartFailure> {
+        let stdout_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.out"));
+        let stderr_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.err"));
+        let sock_path = PathBuf::from(format!("/run/notify-{tag}.sock"));
+        let fail = |got: String, stderr: String| StartFailure { got, stderr };
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path)
+            .map_err(|e| fail(format!("cannot bind {}: {e}", sock_path.display()), String::new()))?;
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+        let (stdout, stderr) = match (File::create(&stdout_path), File::create(&stderr_path)) {
+            (Ok(o), Ok(e)) => (o, e),
+            _ => return Err(fail("cannot create the daemon's output files".into(), String::new())),
+        };
+        say(&format!(
+            "$ NOTIFY_SOCKET={} {ENFORCERD} run --profiles {} --allow-unsigned &",
+            sock_path.display(),
+            profiles.display()
+        ));
+        let started = Instant::now();
+        let child = Command::new(ENFORCERD)
+            .args(["run", "--profiles"])
+            .arg(profiles)
+            .arg("--allow-unsigned")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| fail(format!("cannot run {ENFORCERD}: {e}"), String::new()))?;
+        let mut d = Daemon {
+            child: Some(child),
+            profiles: profiles.to_owned(),
+            ready_after: Duration::ZERO,
+            out: Tail::new(stdout_path.clone()),
+            err: Tail::new(stderr_path.clone()),
+            stdout_path,
+            stderr_path,
+        };
+        let mut buf = [0u8; 4096];
+        loop {
+            d.relay();
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]);
+                    if msg.lines().any(|l| l.trim() == "READY=1") {
+                        d.ready_after = started.elapsed();
+                        let _ = std::fs::remove_file(&sock_path);
+                        d.relay();
+                        return Ok(d);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    let stderr = d.stderr_tail(40);
+                    return Err(fail(format!("reading the notify socket: {e}"), stderr));
+                }
+            }
+            if let Some(Ok(Some(status))) = d.child.as_mut().map(Child::try_wait) {
+                d.child = None;
+                d.relay();
+                let _ = std::fs::remove_file(&sock_path);
+                return Err(fail(
+                    format!("enforcerd {} before READY=1", describe_status(status)),
+                    d.stderr_tail(40),
+                ));
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                d.relay();
+                let _ = std::fs::remove_file(&sock_path);
+                return Err(fail(
+                    format!("no READY=1 within {} s", READY_TIMEOUT.as_secs()),
+                    d.stderr_tail(40),
+                ));
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Copies new daemon output to the console.
+    pub fn relay(&mut self) {
+        for l in self.err.new_lines() {
+            say(&format!("  enforcerd stderr| {l}"));
+        }
+        for l in self.out.new_lines() {
+            say(&format!("  enforcerd stdout| {l}"));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn stderr_tail(&self, n: usize) -> String {
+        tail_lines(&self.stderr(), n)
+    }
+
+    /// Every JSON object the daemon printed on stdout so far.
+    pub fn decisions(&self) -> Vec<Value> {
+        self.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    /// Waits for a decision matching `pred`.
+    pub fn wait_decision(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.relay();
+            if let Some(v) = self.decisions().into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait up to 10 s. `Ok` when it exited 0.
+    pub fn stop(mut self) -> Result<Duration, String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("the daemon had already exited".into());
+        };
+        let started = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.relay();
+                    return if status.success() {
+                        Ok(started.elapsed())
+                    } else {
+                        Err(format!("{} after SIGTERM", describe_status(status)))
+                    };
+                }
+                Ok(None) if started.elapsed() < STOP_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    self.relay();
+                    return Err(format!(
+                        "still running {} s after SIGTERM (killed)",
+                        STOP_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.relay();
+        }
+    }
+}
+
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Output of a short command (e.g. `enforcerd check`).
+pub struct CommandOutput {
+    pub status: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command to completion (killed after 60 s), capturing its output.
+pub fn run_command(program: &str, args: &[&str]) -> CommandOutput {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tag = SEQ.fetch_add(1, Ordering::Relaxed);
+    let out_path = PathBuf::from(format!("/tmp/cmd-{tag}.out"));
+    let err_path = PathBuf::from(format!("/tmp/cmd-{tag}.err"));
+    let files = (File::create(&out_path), File::create(&err_path));
+    let (Ok(out), Ok(err)) = files else {
+        return CommandOutput {
+            status: "cannot create output files in /tmp".into(),
+            code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+        };
+    };
+    let spawned = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn();
+    let (status, code) = match spawned {
+        Err(e) => (format!("cannot run {program}: {e}"), None),
+        Ok(mut child) => {
+            let started = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => break (describe_status(s), s.code()),
+                    Ok(None) if started.elapsed() < Duration::from_secs(60) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break ("did not finish within 60 s (killed)".into(), None);
+                    }
+                }
+            }
+        }
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    CommandOutput {
+        status,
+        code,
+        stdout,
+        stderr,
+    }
+}

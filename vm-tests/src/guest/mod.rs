@@ -1,0 +1,108 @@
+//! `vm-guest`: runs inside the VM as a child of `/init`, single-threaded.
+//!
+//! `vm-guest test [--scenarios a,b]` runs the scenarios and prints the protocol lines of
+//! [`crate::protocol`]; `vm-guest demo` prints a narrated walk-through for a human.
+
+pub mod daemon;
+pub mod demo;
+pub mod fixtures;
+pub mod out;
+pub mod scenarios;
+pub mod sys;
+
+use crate::catalog;
+use crate::protocol::{Event, GuestStart};
+use clap::{Parser, Subcommand};
+use out::{Ctx, emit, say};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(about = "Runs enforcerd's VM scenarios (inside the test VM)")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Run the scenarios, printing one @@RESULT line per check.
+    Test {
+        /// Comma-separated scenario names (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+    },
+    /// A narrated walk-through of enforcement for a human reading the console.
+    Demo,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mode = match &cli.mode {
+        Mode::Test { .. } => "test",
+        Mode::Demo => "demo",
+    };
+    emit(&Event::GuestStart(GuestStart {
+        kernel: sys::uname_release(),
+        mode: mode.into(),
+    }));
+    let code = match cli.mode {
+        Mode::Test { scenarios } => run_tests(&scenarios),
+        Mode::Demo => demo::run(),
+    };
+    ExitCode::from(code)
+}
+
+fn run_tests(filter: &[String]) -> u8 {
+    let selected = match catalog::select(filter) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("vm-guest: {e}"));
+            emit(&Event::Done("failed".into()));
+            return 2;
+        }
+    };
+    let mut failed = 0;
+    for s in selected {
+        emit(&Event::ScenarioStart(s.name.into()));
+        let started = Instant::now();
+        let mut ctx = Ctx::new(s.name);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scenarios::run(s.name, &mut ctx)
+        }));
+        let problem = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(p) => Some(format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            )),
+        };
+        if let Some(problem) = problem {
+            let detail = ctx
+                .daemon_stderr_tail()
+                .map(|s| format!("enforcerd stderr:\n{s}"));
+            ctx.check(
+                "(scenario aborted)",
+                false,
+                "the scenario runs to its end",
+                problem,
+                detail,
+            );
+        }
+        ctx.stop_daemon_quietly();
+        ctx.note(&format!(
+            "{} passed, {} failed in {:.1} s",
+            ctx.passed,
+            ctx.failed,
+            started.elapsed().as_secs_f64()
+        ));
+        failed += ctx.failed;
+        emit(&Event::ScenarioEnd(s.name.into()));
+    }
+    emit(&Event::Done(if failed == 0 { "ok" } else { "failed" }.into()));
+    u8::from(failed > 0)
+}

@@ -1,0 +1,42 @@
+//! One function per scenario, each named for what it proves. A scenario sets up its own
+//! fixtures, cgroup and profile directory, starts the daemon if it needs one, and records one
+//! check per assertion with [`Ctx`](super::out::Ctx).
+
+mod audit_mode;
+mod bad_input;
+mod connect;
+mod environment;
+mod exec_allowlist;
+mod files;
+mod kill_on_violation;
+mod nested_cgroups_and_namespaces;
+
+use super::out::Ctx;
+use anyhow::{Result, bail};
+
+pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
+    match name {
+        "environment" => environment::vm_provides_bpf_lsm_btf_cgroup2_and_loopback(ctx),
+        "exec_allowlist" => exec_allowlist::exec_is_decided_on_the_file_the_kernel_runs(ctx),
+        "files" => files::file_rules_follow_resolved_paths_and_longest_match(ctx),
+        "connect" => connect::connect_rules_match_cidr_port_and_protocol(ctx),
+        "kill_on_violation" => kill_on_violation::offender_is_killed_and_action_never_happens(ctx),
+        "audit_mode" => audit_mode::audit_blocks_nothing_and_reports_every_would_be_denial(ctx),
+        "nested_cgroups_and_namespaces" => {
+            nested_cgroups_and_namespaces::no_escape_through_child_cgroups_or_namespaces(ctx)
+        }
+        "bad_input" => bad_input::bad_profiles_are_refused_and_valid_ones_still_enforced(ctx),
+        other => bail!("no scenario named {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_catalog_scenario_has_a_function() {
+        for s in crate::catalog::SCENARIOS {
+            let src = include_str!("mod.rs");
+            assert!(src.contains(&format!("\"{}\" =>", s.name)), "{}", s.name);
+        }
+    }
+}

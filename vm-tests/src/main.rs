@@ -1,0 +1,128 @@
+//! `vm-tests`: boots the kernel matrix under QEMU with an initramfs holding `enforcerd` and the
+//! guest runner, and turns what the guest reports into pass/fail.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use vm_tests::{catalog, host};
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the scenarios on every kernel of the matrix (or the ones named), one boot per kernel.
+    Test {
+        /// A kernel of the matrix (debian12, debian13, sid) or a path to a bzImage; repeatable.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// Run only this scenario; repeatable (see `vm-tests list`).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+        /// VMs to run at once (each uses one host core).
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Boot one kernel and show a narrated walk-through of enforcement on its console.
+    Demo {
+        /// A kernel of the matrix or a path to a bzImage.
+        #[arg(long = "kernel", value_name = "NAME", default_value = "debian12")]
+        kernel: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List the scenarios and the kernel matrix.
+    List {
+        #[arg(long, value_name = "DIR")]
+        kernel_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Where `enforcerd` and `vm-guest` are (default: next to this executable).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Where the kernels are (default: ~/.cache/enforcerd-dev/kernels, or $ENFORCERD_CACHE/kernels).
+    #[arg(long, value_name = "DIR")]
+    kernel_dir: Option<PathBuf>,
+    /// Where serial logs go (default: target/vm-tests).
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Per-VM time limit in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    timeout: u64,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    memory: u32,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(2))
+        .unwrap_or(1)
+}
+
+fn options(common: Common, kernels: Vec<String>, scenarios: Vec<String>, jobs: usize) -> host::Options {
+    host::Options {
+        kernels,
+        scenarios,
+        bin_dir: common.bin_dir,
+        kernel_dir: common.kernel_dir.unwrap_or_else(host::default_kernel_dir),
+        log_dir: common.log_dir.unwrap_or_else(host::default_log_dir),
+        timeout: Duration::from_secs(common.timeout),
+        jobs,
+        memory_mb: common.memory,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Test {
+            kernels,
+            scenarios,
+            jobs,
+            common,
+        } => {
+            if let Err(e) = catalog::select(&scenarios) {
+                eprintln!("vm-tests: {e}");
+                return ExitCode::from(2);
+            }
+            host::test(&options(common, kernels, scenarios, jobs))
+        }
+        Cmd::Demo { kernel, common } => host::demo(&options(common, vec![kernel], vec![], 1)),
+        Cmd::List { kernel_dir } => {
+            println!("scenarios (one boot runs them all, in this order):");
+            for s in catalog::SCENARIOS {
+                println!("  {:<32} {}", s.name, s.about);
+            }
+            let dir = kernel_dir.unwrap_or_else(host::default_kernel_dir);
+            println!("kernels:");
+            for k in host::MATRIX {
+                let (_, path) = host::resolve_kernel(k, &dir);
+                let state = match std::fs::canonicalize(&path) {
+                    Ok(p) => p.display().to_string(),
+                    Err(_) => format!("missing ({}; run tools/setup)", path.display()),
+                };
+                println!("  {k:<10} {state}");
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vm-tests: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

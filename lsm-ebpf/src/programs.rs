@@ -161,7 +161,6 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     }
     let sock: *const u8 = ctx.arg(0);
     let address: *const u8 = ctx.arg(1);
-    let addrlen: i32 = ctx.arg(2);
     let Ok(sa_family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
         return 0;
     };
@@ -197,21 +196,21 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         match unsafe { bpf_probe_read_kernel(address as *const [u8; 24]) } {
             Ok(sin6) => {
                 detail.port = u16::from_be_bytes([sin6[2], sin6[3]]);
-                let a = &sin6[8..24];
-                let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+                let word = |i: usize| u32::from_ne_bytes([sin6[i], sin6[i + 1], sin6[i + 2], sin6[i + 3]]);
+                // ::ffff:a.b.c.d is matched (and reported) as IPv4 a.b.c.d.
+                let mapped = word(8) == 0 && word(12) == 0 && word(16) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
                 if mapped {
                     detail.family = family::IPV4;
-                    detail.addr[..4].copy_from_slice(&a[12..16]);
+                    detail.addr[..4].copy_from_slice(&sin6[20..24]);
                 } else {
                     detail.family = family::IPV6;
-                    detail.addr.copy_from_slice(a);
+                    detail.addr.copy_from_slice(&sin6[8..24]);
                 }
                 true
             }
             Err(_) => false,
         }
     };
-    let _ = addrlen;
     let denied = if !read_ok {
         detail.reason = reason::READ_FAILED;
         true

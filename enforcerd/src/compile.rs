@@ -30,8 +30,8 @@ use enforcerd_common::{
 use ipnet::IpNet;
 
 use crate::profile::{
-    ConnectPolicy, ExecPolicy, FilePolicy, Mode, OnViolation, Profile, Protocol, RulePath,
-    Verdict, normalize_net,
+    ConnectPolicy, ExecPolicy, FilePolicy, Mode, OnViolation, Profile, Protocol, RulePath, Verdict,
+    normalize_net,
 };
 
 /// A profile as map entries. Each rule is `(prefix_len in bits, key data, value)`.
@@ -192,7 +192,10 @@ fn file_rules(id: u32, files: &FilePolicy) -> Vec<(u32, PathKey, FileRule)> {
                 write = write.or(d.write);
             }
             // Next shorter prefix ending in `/`.
-            end = bytes[..end - 1].iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
+            end = bytes[..end - 1]
+                .iter()
+                .rposition(|b| *b == b'/')
+                .map_or(0, |i| i + 1);
         }
         FileRule {
             read: code(read.unwrap_or(default)),
@@ -203,7 +206,10 @@ fn file_rules(id: u32, files: &FilePolicy) -> Vec<(u32, PathKey, FileRule)> {
     let mut entries: BTreeMap<Vec<u8>, FileRule> = BTreeMap::new();
     for (p, d) in &exact {
         let dir = format!("{p}/");
-        entries.insert(stored(&RulePath::Exact((*p).to_owned())), resolve(Some(*d), &dir));
+        entries.insert(
+            stored(&RulePath::Exact((*p).to_owned())),
+            resolve(Some(*d), &dir),
+        );
     }
     for s in subtree.keys() {
         let rule = resolve(None, s);
@@ -297,24 +303,39 @@ mod tests {
     /// The stored path bytes of a key (up to the prefix length) as a string, NUL shown as `\0`.
     fn shown(len: u32, key: &PathKey) -> String {
         let n = (len as usize - 32) / 8;
-        String::from_utf8(key.path[..n].to_vec()).unwrap().replace('\0', "\\0")
+        String::from_utf8(key.path[..n].to_vec())
+            .unwrap()
+            .replace('\0', "\\0")
     }
 
     fn files(c: &CompiledProfile) -> Vec<(String, u8, u8)> {
-        c.file_rules.iter().map(|(len, k, r)| (shown(*len, k), r.read, r.write)).collect()
+        c.file_rules
+            .iter()
+            .map(|(len, k, r)| (shown(*len, k), r.read, r.write))
+            .collect()
     }
 
     fn execs(c: &CompiledProfile) -> Vec<(String, u8)> {
-        c.exec_rules.iter().map(|(len, k, r)| (shown(*len, k), r.verdict)).collect()
+        c.exec_rules
+            .iter()
+            .map(|(len, k, r)| (shown(*len, k), r.verdict))
+            .collect()
     }
 
     fn owned<T: Clone>(v: &[(&str, T)]) -> Vec<(String, T)> {
-        v.iter().map(|(s, t)| ((*s).to_owned(), t.clone())).collect()
+        v.iter()
+            .map(|(s, t)| ((*s).to_owned(), t.clone()))
+            .collect()
     }
 
     #[test]
     fn compile_profile_config() {
-        let c = compile(7, &profile("  mode: audit\n  onViolation: kill\n  exec: {default: deny}\n  files: {default: deny}\n"));
+        let c = compile(
+            7,
+            &profile(
+                "  mode: audit\n  onViolation: kill\n  exec: {default: deny}\n  files: {default: deny}\n",
+            ),
+        );
         assert_eq!(c.id, 7);
         assert_eq!(
             c.config,
@@ -388,27 +409,39 @@ mod tests {
             ),
         );
         assert_eq!(c.config.exec_default, D);
-        assert!(c.exec_rules.iter().all(|(_, k, _)| k.profile_id == [0x0a, 0x0b, 0x0c, 0x0d]));
+        assert!(
+            c.exec_rules
+                .iter()
+                .all(|(_, k, _)| k.profile_id == [0x0a, 0x0b, 0x0c, 0x0d])
+        );
         assert_eq!(
             execs(&c),
             owned(&[
                 ("/", A),
                 // Explicit exact `/opt/app` wins over the directory implied by `/opt/app/`.
-                ("/opt/app/", A),
                 ("/opt/app\\0", D),
-                ("/srv/", D),
+                ("/opt/app/", A),
                 ("/srv\\0", D),
+                ("/srv/", D),
+                ("/usr/bin\\0", A),
                 ("/usr/bin/", A),
                 ("/usr/bin/curl\\0", D),
-                ("/usr/bin\\0", A),
                 ("/usr/sbin/nginx\\0", A),
             ])
         );
         for (len, key, _) in &c.exec_rules {
-            let stored = key.path.iter().position(|b| *b == 0).map_or(RULE_PATH_BYTES, |i| {
-                // Exact entries include their NUL.
-                if key.path[i.saturating_sub(1)] == b'/' { i } else { i + 1 }
-            });
+            let stored = key
+                .path
+                .iter()
+                .position(|b| *b == 0)
+                .map_or(RULE_PATH_BYTES, |i| {
+                    // Exact entries include their NUL.
+                    if key.path[i.saturating_sub(1)] == b'/' {
+                        i
+                    } else {
+                        i + 1
+                    }
+                });
             assert_eq!(*len, 32 + 8 * stored as u32, "{}", shown(*len, key));
         }
     }
@@ -429,10 +462,10 @@ mod tests {
             files(&c),
             owned(&[
                 ("/etc/shadow\\0", (D, D)),
-                ("/var/www/", (A, D)),
-                ("/var/www/uploads/", (A, A)),
-                ("/var/www/uploads\\0", (A, A)),
                 ("/var/www\\0", (A, D)),
+                ("/var/www/", (A, D)),
+                ("/var/www/uploads\\0", (A, A)),
+                ("/var/www/uploads/", (A, A)),
             ])
             .into_iter()
             .map(|(p, (r, w))| (p, r, w))
@@ -464,20 +497,20 @@ mod tests {
         );
         let expected: Vec<(String, u8, u8)> = [
             ("/", A, D),
+            ("/data\\0", A, A),
             ("/data/", A, A),
+            ("/data/a/b/c\\0", A, D),
             ("/data/a/b/c/", A, D),
             ("/data/a/b/c/d/e/f\\0", D, D),
-            ("/data/a/b/c\\0", A, D),
+            ("/data/secret\\0", D, A),
             ("/data/secret/", D, A),
+            ("/data/secret/log\\0", A, D),
             // Exact `/data/secret/log`: write from itself, read from the subtree `/data/secret/log/`
             // that covers the directory (explicit exact replaces the implied entry).
             ("/data/secret/log/", A, A),
-            ("/data/secret/log\\0", A, D),
             ("/data/secret/public.txt\\0", A, A),
-            ("/data/secret\\0", D, A),
-            ("/data\\0", A, A),
-            ("/etc/", D, A),
             ("/etc\\0", D, A),
+            ("/etc/", D, A),
         ]
         .iter()
         .map(|(p, r, w)| ((*p).to_owned(), *r, *w))
@@ -492,12 +525,21 @@ mod tests {
                 let addr = match k.family {
                     family::IPV4 => {
                         assert!(k.addr[4..].iter().all(|b| *b == 0));
-                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&k.addr[..4]).unwrap()).to_string()
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&k.addr[..4]).unwrap())
+                            .to_string()
                     }
                     _ => std::net::Ipv6Addr::from(k.addr).to_string(),
                 };
                 assert_eq!(*len, 64 + u32::from(r.cidr_len));
-                (*len, k.protocol, k.family, u16::from_be_bytes(k.port), addr, r.verdict, r.cidr_len)
+                (
+                    *len,
+                    k.protocol,
+                    k.family,
+                    u16::from_be_bytes(k.port),
+                    addr,
+                    r.verdict,
+                    r.cidr_len,
+                )
             })
             .collect()
     }
@@ -524,13 +566,13 @@ mod tests {
         assert_eq!(
             nets(&c),
             vec![
-                (72, t, v4, 0, s("10.9.0.0"), D, 16),
+                (80, t, v4, 0, s("10.9.0.0"), D, 16),
                 (96, t, v4, 0, s("127.0.0.1"), A, 32),
-                (72, t, v4, 22, s("172.16.0.0"), A, 12),
+                (76, t, v4, 22, s("172.16.0.0"), A, 12),
                 // Same key from allow and deny: deny wins.
                 (72, t, v4, 80, s("10.0.0.0"), D, 8),
                 (72, t, v4, 443, s("10.0.0.0"), A, 8),
-                (72, u, v4, 0, s("10.9.0.0"), D, 16),
+                (80, u, v4, 0, s("10.9.0.0"), D, 16),
                 // IPv4-mapped IPv6 is keyed as IPv4.
                 (80, u, v4, 53, s("192.168.0.0"), A, 16),
                 (72, u, v4, 80, s("10.0.0.0"), A, 8),
@@ -538,7 +580,11 @@ mod tests {
                 (80, u, v6, 0, s("fd00::"), A, 16),
             ]
         );
-        let (_, key, _) = c.net_rules.iter().find(|(_, k, _)| k.port == 443u16.to_be_bytes()).unwrap();
+        let (_, key, _) = c
+            .net_rules
+            .iter()
+            .find(|(_, k, _)| k.port == 443u16.to_be_bytes())
+            .unwrap();
         assert_eq!(key.profile_id, [0, 0, 0, 0x11]);
         assert_eq!(key.port, [0x01, 0xbb]);
         assert_eq!(&key.addr[..4], &[10, 0, 0, 0]);
@@ -552,7 +598,11 @@ mod tests {
             ports: vec![],
             protocols: vec![Protocol::Tcp],
         };
-        p.network.connect.allow = vec![rule("10.1.2.3/8"), rule("10.0.0.0/8"), rule("::ffff:1.2.3.4/128")];
+        p.network.connect.allow = vec![
+            rule("10.1.2.3/8"),
+            rule("10.0.0.0/8"),
+            rule("::ffff:1.2.3.4/128"),
+        ];
         let c = compile(1, &p);
         let s = |x: &str| x.to_owned();
         assert_eq!(
@@ -596,7 +646,10 @@ mod tests {
         let start = std::time::Instant::now();
         let c = compile(1, &p);
         let elapsed = start.elapsed();
-        eprintln!("compiled 10,000 file rules into {} entries in {elapsed:?}", c.file_rules.len());
+        eprintln!(
+            "compiled 10,000 file rules into {} entries in {elapsed:?}",
+            c.file_rules.len()
+        );
         // 5,000 subtrees (+ their implied directories) and 5,000 exact files.
         assert_eq!(c.file_rules.len(), 15_000);
         let find = |path: &str| {
@@ -606,9 +659,21 @@ mod tests {
                 .map(|(_, _, r)| *r)
                 .unwrap_or_else(|| panic!("no entry {path}"))
         };
-        assert_eq!(find("/srv/tenants/t0/data/d0/"), FileRule { read: A, write: D });
-        assert_eq!(find("/srv/tenants/t0/data/d0\\0"), FileRule { read: A, write: D });
-        assert_eq!(find("/srv/tenants/t0/data/d1/deep/er/still/file.txt\\0"), FileRule { read: D, write: A });
-        assert!(elapsed < std::time::Duration::from_secs(5), "compile took {elapsed:?}");
+        assert_eq!(
+            find("/srv/tenants/t0/data/d0/"),
+            FileRule { read: A, write: D }
+        );
+        assert_eq!(
+            find("/srv/tenants/t0/data/d0\\0"),
+            FileRule { read: A, write: D }
+        );
+        assert_eq!(
+            find("/srv/tenants/t0/data/d1/deep/er/still/file.txt\\0"),
+            FileRule { read: D, write: A }
+        );
+        assert!(
+            elapsed < std::time::Duration::from_secs(5),
+            "compile took {elapsed:?}"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::{
     time::Instant,
 };
 
+use enforcerd_common::capacity;
 use futures::StreamExt as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing::{error, info, warn};
@@ -79,16 +80,41 @@ pub fn accept_profiles(opts: &RunOptions, cgroupfs: &CgroupFs) -> (Vec<Accepted>
     (accepted, problems)
 }
 
-/// Compiles accepted profiles; profile ids are 1, 2, ... in order.
-pub fn plan(accepted: &[Accepted]) -> Plan {
+/// Compiles accepted profiles; profile ids are 1, 2, ... in order. A profile whose entries
+/// would not fit in the kernel maps next to the ones before it is refused (returned as a
+/// problem) rather than half-applied.
+pub fn plan(accepted: &[Accepted]) -> (Plan, Vec<String>) {
     let mut plan = Plan {
         profiles: Vec::new(),
         cgroups: Vec::new(),
         catalog: HashMap::new(),
     };
-    for (i, a) in accepted.iter().enumerate() {
-        let id = u32::try_from(i + 1).expect("fewer than 2^32 profiles");
-        plan.profiles.push(compile::compile(id, &a.profile));
+    let mut problems = Vec::new();
+    let (mut exec, mut files, mut net, mut cgroups) = (0usize, 0usize, 0usize, 0usize);
+    for a in accepted {
+        let id = u32::try_from(plan.profiles.len() + 1).expect("fewer than 2^32 profiles");
+        let compiled = compile::compile(id, &a.profile);
+        let over = [
+            ("exec", exec + compiled.exec_rules.len(), capacity::EXEC_RULES),
+            ("file", files + compiled.file_rules.len(), capacity::FILE_RULES),
+            ("connect", net + compiled.net_rules.len(), capacity::NET_RULES),
+            ("cgroup", cgroups + a.cgroups.len(), capacity::CGROUP_PROFILES),
+        ]
+        .into_iter()
+        .find(|(_, total, cap)| *total > *cap as usize);
+        if let Some((kind, total, cap)) = over {
+            problems.push(format!(
+                "{}: profile {}: {kind} map entries would total {total}, more than the kernel map holds ({cap})",
+                a.profile.source.display(),
+                a.profile.name
+            ));
+            continue;
+        }
+        exec += compiled.exec_rules.len();
+        files += compiled.file_rules.len();
+        net += compiled.net_rules.len();
+        cgroups += a.cgroups.len();
+        plan.profiles.push(compiled);
         plan.cgroups.extend(a.cgroups.iter().map(|c| (c.id, id)));
         plan.catalog.insert(
             id,
@@ -101,7 +127,7 @@ pub fn plan(accepted: &[Accepted]) -> Plan {
             },
         );
     }
-    plan
+    (plan, problems)
 }
 
 pub fn run(opts: RunOptions) -> u8 {
@@ -134,11 +160,13 @@ pub fn run(opts: RunOptions) -> u8 {
         warn!("--allow-unsigned: applying profiles WITHOUT signature verification (development only)");
     }
 
-    let (accepted, problems) = accept_profiles(&opts, &cgroupfs);
+    let (mut accepted, mut problems) = accept_profiles(&opts, &cgroupfs);
+    let (plan, too_big) = plan(&accepted);
+    accepted.retain(|a| plan.catalog.values().any(|m| m.name == a.profile.name));
+    problems.extend(too_big);
     for p in &problems {
         error!("refused {p}");
     }
-    let plan = plan(&accepted);
 
     let mut enforcer = match Enforcer::load(&offsets) {
         Ok(e) => e,
@@ -236,4 +264,72 @@ fn serve(enforcer: &mut Enforcer, catalog: Catalog) -> u8 {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = "apiVersion: enforcerd/v1\nkind: Profile\nmetadata: {name: NAME, serial: 1}\nspec:\n  selector: {cgroup: CGROUP}\n  files:\n    default: allow\n    rules:\n      - {path: /etc/shadow, access: [read], action: deny}\n";
+
+    fn setup(files: &[(&str, &str, &str)]) -> (tempfile::TempDir, RunOptions, CgroupFs) {
+        let d = tempfile::tempdir().unwrap();
+        let profiles = d.path().join("profiles");
+        let cgroups = d.path().join("cgroup");
+        std::fs::create_dir_all(&profiles).unwrap();
+        std::fs::create_dir_all(cgroups.join("web")).unwrap();
+        std::fs::create_dir_all(cgroups.join("db")).unwrap();
+        for (file, name, cgroup) in files {
+            let text = PROFILE.replace("NAME", name).replace("CGROUP", cgroup);
+            std::fs::write(profiles.join(file), text).unwrap();
+        }
+        let opts = RunOptions {
+            profiles_dir: profiles,
+            audit: false,
+            trust: TrustPolicy::AllowUnsigned,
+            cgroup_root: cgroups.clone(),
+        };
+        (d, opts, CgroupFs { root: cgroups })
+    }
+
+    #[test]
+    fn valid_profiles_are_accepted_next_to_refused_ones() {
+        let (_d, opts, fs) = setup(&[
+            ("a.yaml", "web", "/web"),
+            ("b.yaml", "db", "/absent"),
+            ("c.yaml", "other", "/web"),
+            ("d.yaml", "db2", "/db"),
+        ]);
+        std::fs::write(opts.profiles_dir.join("e.yaml"), "apiVersion: enforcerd/v1\nkind: Nope\n").unwrap();
+        let (accepted, problems) = accept_profiles(&opts, &fs);
+        let names: Vec<&str> = accepted.iter().map(|a| a.profile.name.as_str()).collect();
+        assert_eq!(names, ["web", "db2"]);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("b.yaml: profile db: cgroup /absent does not exist")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("c.yaml: profile other: cgroup /web is already governed by profile web")), "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("e.yaml:2:")), "{problems:#?}");
+    }
+
+    #[test]
+    fn plan_numbers_profiles_from_one_and_maps_their_cgroups() {
+        let (_d, opts, fs) = setup(&[("a.yaml", "web", "/web"), ("b.yaml", "db", "/db")]);
+        let (accepted, _) = accept_profiles(&RunOptions { audit: true, ..opts }, &fs);
+        let (plan, problems) = plan(&accepted);
+        assert!(problems.is_empty());
+        assert_eq!(plan.profiles.iter().map(|p| p.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(plan.cgroups, vec![(accepted[0].cgroups[0].id, 1), (accepted[1].cgroups[0].id, 2)]);
+        // --audit reaches the kernel settings and the reports.
+        assert!(plan.profiles.iter().all(|p| p.config.mode == enforcerd_common::mode::AUDIT));
+        assert_eq!(plan.catalog[&1].mode, "audit");
+        assert_eq!(plan.catalog[&2].name, "db");
+    }
+
+    #[test]
+    fn unsigned_profiles_are_refused_without_allow_unsigned() {
+        let (_d, opts, fs) = setup(&[("a.yaml", "web", "/web")]);
+        let opts = RunOptions { trust: TrustPolicy::new(false, "/k".into()), ..opts };
+        let (accepted, problems) = accept_profiles(&opts, &fs);
+        assert!(accepted.is_empty());
+        assert!(problems[0].contains("a.yaml: refused: "), "{problems:?}");
+    }
 }

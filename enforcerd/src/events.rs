@@ -141,7 +141,7 @@ pub fn describe(e: &Event, catalog: &mut Catalog, ts: String, exe: Option<String
         cgroup,
         target,
         target_truncated: truncated.then_some(true),
-        access: (e.hook == hook::FILE).then(|| match e.access & (access::READ | access::WRITE) {
+        access: (e.hook == hook::FILE).then_some(match e.access & (access::READ | access::WRITE) {
             a if a == access::READ | access::WRITE => "read,write",
             access::READ => "read",
             access::WRITE => "write",

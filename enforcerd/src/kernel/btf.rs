@@ -91,12 +91,11 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Option<Result<u32, 
             }
             return Some(Ok(bits));
         }
-        if member_name.is_empty() {
-            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m) {
-                if let Some(found) = find_member(btf, &inner, name) {
-                    return Some(found.map(|bits| bits + m.bit_offset()));
-                }
-            }
+        if member_name.is_empty()
+            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m)
+            && let Some(found) = find_member(btf, &inner, name)
+        {
+            return Some(found.map(|bits| bits + m.bit_offset()));
         }
     }
     None

@@ -42,7 +42,9 @@ pub(super) struct RawMetadata {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[serde(expecting = "spec: a mapping with selector and optional mode, onViolation, exec, files, network")]
+#[serde(
+    expecting = "spec: a mapping with selector and optional mode, onViolation, exec, files, network"
+)]
 pub(super) struct RawSpec {
     pub selector: Selector,
     #[serde(default)]
@@ -149,7 +151,9 @@ fn api_version<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
         if v == API_VERSION {
             Ok(())
         } else {
-            Err(format!("unsupported apiVersion `{v}`; expected `{API_VERSION}`"))
+            Err(format!(
+                "unsupported apiVersion `{v}`; expected `{API_VERSION}`"
+            ))
         }
     })
 }
@@ -166,7 +170,9 @@ fn kind<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
 
 fn profile_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     checked_str(d, "a profile name", |v| {
-        check_dns_label(v).map(|()| v.to_owned()).map_err(|why| format!("invalid profile name `{v}`: {why}"))
+        check_dns_label(v)
+            .map(|()| v.to_owned())
+            .map_err(|why| format!("invalid profile name `{v}`: {why}"))
     })
 }
 
@@ -176,9 +182,15 @@ pub(crate) fn check_dns_label(v: &str) -> Result<(), String> {
         return Err("it is empty; a DNS-1123 label is 1 to 63 characters".into());
     }
     if v.len() > 63 {
-        return Err(format!("it is {} characters long; a DNS-1123 label has at most 63", v.len()));
+        return Err(format!(
+            "it is {} characters long; a DNS-1123 label has at most 63",
+            v.len()
+        ));
     }
-    if let Some(c) = v.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
         return Err(format!(
             "`{c}` is not allowed; a DNS-1123 label consists of lowercase letters, digits and `-`"
         ));
@@ -195,7 +207,9 @@ fn check_normalized(what: &str, v: &str) -> Result<(), String> {
         return Err(format!("{what} is empty; expected an absolute path"));
     }
     if !v.starts_with('/') {
-        return Err(format!("{what} `{v}` is not absolute: it must start with `/`"));
+        return Err(format!(
+            "{what} `{v}` is not absolute: it must start with `/`"
+        ));
     }
     if v.contains('\0') {
         return Err(format!("{what} {v:?} contains a NUL byte"));
@@ -204,7 +218,9 @@ fn check_normalized(what: &str, v: &str) -> Result<(), String> {
         return Err(format!("{what} `{v}` is not normalized: it contains `//`"));
     }
     if let Some(c) = v.split('/').find(|c| *c == "." || *c == "..") {
-        return Err(format!("{what} `{v}` is not normalized: it contains a `{c}` component"));
+        return Err(format!(
+            "{what} `{v}` is not normalized: it contains a `{c}` component"
+        ));
     }
     Ok(())
 }
@@ -250,11 +266,15 @@ pub(crate) fn check_cgroup_path(v: &str) -> Result<String, String> {
         return Err(format!("cgroup path `{v}` must not end with `/`"));
     }
     if let Some(c) = v.chars().find(|c| c.is_control()) {
-        return Err(format!("cgroup path {v:?} contains the control character {c:?}"));
+        return Err(format!(
+            "cgroup path {v:?} contains the control character {c:?}"
+        ));
     }
     let components: Vec<&str> = v.split('/').filter(|c| !c.is_empty()).collect();
     if let Some(c) = components.iter().find(|c| c.len() > 255) {
-        return Err(format!("cgroup path component `{c}` is longer than 255 bytes"));
+        return Err(format!(
+            "cgroup path component `{c}` is longer than 255 bytes"
+        ));
     }
     // The root cgroup is level 0; the kernel programs examine levels below MAX_CGROUP_LEVELS.
     if components.len() >= MAX_CGROUP_LEVELS {
@@ -288,12 +308,18 @@ pub(crate) fn check_systemd_unit(v: &str) -> Result<String, String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '@' | '\\')))
     {
-        return Err(format!("systemdUnit `{v}`: `{c}` is not allowed in a unit name"));
+        return Err(format!(
+            "systemdUnit `{v}`: `{c}` is not allowed in a unit name"
+        ));
     }
     if let Some(s) = CGROUPLESS_SUFFIXES.iter().find(|s| v.ends_with(*s)) {
         return Err(format!(
             "systemdUnit `{v}`: `{s}` units have no cgroup of their own; name the {} unit they start",
-            if *s == ".target" { "service" } else { "service or socket" }
+            if *s == ".target" {
+                "service"
+            } else {
+                "service or socket"
+            }
         ));
     }
     let Some(suffix) = UNIT_SUFFIXES.iter().find(|s| v.ends_with(*s)) else {
@@ -304,7 +330,9 @@ pub(crate) fn check_systemd_unit(v: &str) -> Result<String, String> {
     };
     let stem = &v[..v.len() - suffix.len()];
     if stem.is_empty() {
-        return Err(format!("systemdUnit `{v}` has an empty name before `{suffix}`"));
+        return Err(format!(
+            "systemdUnit `{v}` has an empty name before `{suffix}`"
+        ));
     }
     if stem.ends_with('@') {
         return Err(format!(
@@ -324,10 +352,14 @@ pub(crate) fn check_label_key(v: &str) -> Result<String, String> {
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 {
-            return Err(format!("label key `{v}`: the prefix must be a DNS subdomain of 1 to 253 characters"));
+            return Err(format!(
+                "label key `{v}`: the prefix must be a DNS subdomain of 1 to 253 characters"
+            ));
         }
         for part in p.split('.') {
-            check_dns_label(part).map_err(|why| format!("label key `{v}`: prefix `{p}` is not a DNS subdomain: {why}"))?;
+            check_dns_label(part).map_err(|why| {
+                format!("label key `{v}`: prefix `{p}` is not a DNS subdomain: {why}")
+            })?;
         }
     }
     check_label_name(name, false).map_err(|why| format!("label key `{v}`: {why}"))?;
@@ -342,12 +374,18 @@ pub(crate) fn check_label_value(v: &str) -> Result<String, String> {
 
 fn check_label_name(v: &str, empty_ok: bool) -> Result<(), String> {
     if v.is_empty() {
-        return if empty_ok { Ok(()) } else { Err("the name is empty".into()) };
+        return if empty_ok {
+            Ok(())
+        } else {
+            Err("the name is empty".into())
+        };
     }
     if v.len() > 63 {
         return Err(format!("it is {} characters long; at most 63", v.len()));
     }
-    if v.chars().any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+    if v.chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
         return Err("only letters, digits, `-`, `_` and `.` are allowed".into());
     }
     let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
@@ -357,9 +395,14 @@ fn check_label_name(v: &str, empty_ok: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn dns_label_field<'de, D: Deserializer<'de>>(what: &'static str, d: D) -> Result<String, D::Error> {
+fn dns_label_field<'de, D: Deserializer<'de>>(
+    what: &'static str,
+    d: D,
+) -> Result<String, D::Error> {
     checked_str(d, "a DNS-1123 label", move |v| {
-        check_dns_label(v).map(|()| v.to_owned()).map_err(|why| format!("invalid {what} `{v}`: {why}"))
+        check_dns_label(v)
+            .map(|()| v.to_owned())
+            .map_err(|why| format!("invalid {what} `{v}`: {why}"))
     })
 }
 
@@ -387,7 +430,9 @@ struct RawSelector {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[serde(expecting = "a kubernetes selector: a mapping with namespace, podLabels and optional container")]
+#[serde(
+    expecting = "a kubernetes selector: a mapping with namespace, podLabels and optional container"
+)]
 struct RawKubernetes {
     #[serde(deserialize_with = "namespace")]
     namespace: String,
@@ -412,7 +457,9 @@ impl<'de> Deserialize<'de> for Selector {
             type Value = Selector;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a selector: a mapping with exactly one of cgroup, systemdUnit, kubernetes")
+                f.write_str(
+                    "a selector: a mapping with exactly one of cgroup, systemdUnit, kubernetes",
+                )
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Selector, A::Error> {
@@ -464,7 +511,9 @@ fn pod_labels<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
             while let Some(key) = map.next_key_seed(CheckedSeed("a label key", check_label_key))? {
                 let value = map.next_value_seed(CheckedSeed("a label value", check_label_value))?;
                 if labels.insert(key.clone(), value).is_some() {
-                    return Err(de::Error::custom(format!("podLabels: label `{key}` is given twice")));
+                    return Err(de::Error::custom(format!(
+                        "podLabels: label `{key}` is given twice"
+                    )));
                 }
             }
             if labels.is_empty() {
@@ -528,7 +577,9 @@ fn access_list<'de, D: Deserializer<'de>>(d: D) -> Result<(bool, bool), D::Error
                     Access::Write => (&mut write, "write"),
                 };
                 if *flag {
-                    return Err(de::Error::custom(format!("access `{name}` is listed twice")));
+                    return Err(de::Error::custom(format!(
+                        "access `{name}` is listed twice"
+                    )));
                 }
                 *flag = true;
             }
@@ -616,14 +667,18 @@ impl<'de> DeserializeSeed<'de> for Port {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<u16, E> {
                 match u16::try_from(v) {
                     Ok(p) if p != 0 => Ok(p),
-                    _ => Err(E::custom(format!("port {v} is out of range; ports are 1 to 65535"))),
+                    _ => Err(E::custom(format!(
+                        "port {v} is out of range; ports are 1 to 65535"
+                    ))),
                 }
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<u16, E> {
                 match u64::try_from(v) {
                     Ok(v) => self.visit_u64(v),
-                    Err(_) => Err(E::custom(format!("port {v} is out of range; ports are 1 to 65535"))),
+                    Err(_) => Err(E::custom(format!(
+                        "port {v} is out of range; ports are 1 to 65535"
+                    ))),
                 }
             }
         }

@@ -442,7 +442,10 @@ pub fn profile_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
         let path = entry.path();
         // Follows symlinks; a dangling link is reported when it is read.
-        if std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
+        if std::fs::metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
             continue;
         }
         files.push(path);
@@ -579,5 +582,8 @@ fn check_file_overlap(rules: &[FileRuleSpec]) -> Result<(), (usize, String)> {
 
 fn dedup_paths(paths: Vec<RulePath>) -> Vec<RulePath> {
     let mut seen = HashSet::new();
-    paths.into_iter().filter(|p| seen.insert(p.clone())).collect()
+    paths
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect()
 }

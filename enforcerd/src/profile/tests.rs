@@ -30,8 +30,16 @@ fn assert_diag(d: &Diagnostic, line: usize, column: usize, needle: &str) {
         (Some(line), Some(column)),
         "wrong position for: {d}"
     );
-    assert!(d.message.contains(needle), "`{}` does not contain `{needle}`", d.message);
-    assert!(!d.message.contains(" at line "), "position repeated in: {}", d.message);
+    assert!(
+        d.message.contains(needle),
+        "`{}` does not contain `{needle}`",
+        d.message
+    );
+    assert!(
+        !d.message.contains(" at line "),
+        "position repeated in: {}",
+        d.message
+    );
 }
 
 /// A valid profile; `spec` lines (indented by two spaces) start at line 9.
@@ -100,7 +108,10 @@ fn profile_spec_example_parses() {
     assert_eq!(p.source, PathBuf::from(FILE));
     assert_eq!(p.name, "web-frontend");
     assert_eq!(p.serial, 3);
-    assert_eq!(p.selector, Selector::Cgroup("/system.slice/nginx.service".into()));
+    assert_eq!(
+        p.selector,
+        Selector::Cgroup("/system.slice/nginx.service".into())
+    );
     assert_eq!(p.mode, Mode::Enforce);
     assert_eq!(p.on_violation, OnViolation::Deny);
     assert_eq!(
@@ -214,10 +225,17 @@ fn profile_diagnostic_display() {
 #[test]
 fn profile_api_version_and_kind() {
     let d = err(&SPEC_EXAMPLE.replace("enforcerd/v1", "enforcerd/v2"));
-    assert_diag(&d, 1, 13, "unsupported apiVersion `enforcerd/v2`; expected `enforcerd/v1`");
+    assert_diag(
+        &d,
+        1,
+        13,
+        "unsupported apiVersion `enforcerd/v2`; expected `enforcerd/v1`",
+    );
     assert_eq!(
         d.to_string(),
-        format!("{FILE}:1:13: apiVersion: unsupported apiVersion `enforcerd/v2`; expected `enforcerd/v1`")
+        format!(
+            "{FILE}:1:13: apiVersion: unsupported apiVersion `enforcerd/v2`; expected `enforcerd/v1`"
+        )
     );
     let d = err(&SPEC_EXAMPLE.replace("kind: Profile", "kind: Policy"));
     assert_diag(&d, 2, 7, "unsupported kind `Policy`; expected `Profile`");
@@ -237,7 +255,10 @@ fn profile_name_must_be_a_dns_label() {
     ] {
         let d = err(&with_spec("").replace("name: test", &format!("name: {name}")));
         assert_diag(&d, 4, 9, why);
-        assert!(d.message.starts_with("metadata.name: invalid profile name"), "{d}");
+        assert!(
+            d.message.starts_with("metadata.name: invalid profile name"),
+            "{d}"
+        );
     }
     ok(&with_spec("").replace("name: test", &format!("name: {}", "a".repeat(63))));
     ok(&with_spec("").replace("name: test", "name: 0-web-1"));
@@ -257,8 +278,15 @@ fn profile_serial_is_a_required_u64() {
 
 #[test]
 fn profile_selector_needs_exactly_one_kind() {
-    let d = err(&with_selector("    cgroup: /a.slice\n    systemdUnit: a.service\n"));
-    assert_diag(&d, 8, 5, "the selector has cgroup and systemdUnit; give exactly one");
+    let d = err(&with_selector(
+        "    cgroup: /a.slice\n    systemdUnit: a.service\n",
+    ));
+    assert_diag(
+        &d,
+        8,
+        5,
+        "the selector has cgroup and systemdUnit; give exactly one",
+    );
     let d = err(&with_selector("    {}\n"));
     assert_diag(&d, 8, 5, "the selector names no workload");
     let d = err(&with_selector("    cgroups: /a\n"));
@@ -288,13 +316,21 @@ fn profile_cgroup_selector() {
     let deep = "/a".repeat(enforcerd_common::MAX_CGROUP_LEVELS - 1);
     sel(&deep);
     let d = err(&with_selector(&format!("    cgroup: {deep}/b\n")));
-    assert_diag(&d, 8, 13, "is 32 levels deep; enforcerd governs cgroups up to level 31");
+    assert_diag(
+        &d,
+        8,
+        13,
+        "is 32 levels deep; enforcerd governs cgroups up to level 31",
+    );
 }
 
 #[test]
 fn profile_systemd_unit_selector() {
     let sel = |s: &str| ok(&with_selector(&format!("    systemdUnit: {s}\n"))).selector;
-    assert_eq!(sel("nginx.service"), Selector::SystemdUnit("nginx.service".into()));
+    assert_eq!(
+        sel("nginx.service"),
+        Selector::SystemdUnit("nginx.service".into())
+    );
     sel("getty@tty1.service");
     sel("session-3.scope");
     sel("machine.slice");
@@ -339,27 +375,50 @@ fn profile_kubernetes_selector() {
         p.selector.to_string(),
         "kubernetes namespace web pods app=nginx,app.kubernetes.io/part-of=shop,tier=,version=2 container nginx"
     );
-    let p = ok(&with_selector("    kubernetes: {namespace: web, podLabels: {app: nginx}}\n"));
-    assert!(matches!(p.selector, Selector::Kubernetes { container: None, .. }));
+    let p = ok(&with_selector(
+        "    kubernetes: {namespace: web, podLabels: {app: nginx}}\n",
+    ));
+    assert!(matches!(
+        p.selector,
+        Selector::Kubernetes {
+            container: None,
+            ..
+        }
+    ));
 
-    let d = err(&with_selector("    kubernetes: {podLabels: {app: nginx}}\n"));
+    let d = err(&with_selector(
+        "    kubernetes: {podLabels: {app: nginx}}\n",
+    ));
     assert_diag(&d, 8, 17, "missing field `namespace`");
-    let d = err(&with_selector("    kubernetes: {namespace: web, podLabels: {}}\n"));
+    let d = err(&with_selector(
+        "    kubernetes: {namespace: web, podLabels: {}}\n",
+    ));
     assert_diag(&d, 8, 45, "podLabels is empty");
     let d = err(&with_selector("    kubernetes: {namespace: web}\n"));
     assert_diag(&d, 8, 17, "missing field `podLabels`");
-    let d = err(&with_selector("    kubernetes: {namespace: Web, podLabels: {app: x}}\n"));
+    let d = err(&with_selector(
+        "    kubernetes: {namespace: Web, podLabels: {app: x}}\n",
+    ));
     assert_diag(&d, 8, 29, "invalid namespace `Web`");
-    let d = err(&with_selector("    kubernetes: {namespace: web, podLabels: {-app: x}}\n"));
+    let d = err(&with_selector(
+        "    kubernetes: {namespace: web, podLabels: {-app: x}}\n",
+    ));
     assert_diag(&d, 8, 46, "label key `-app`");
-    let d = err(&with_selector("    kubernetes: {namespace: web, podLabels: {app: x y}}\n"));
+    let d = err(&with_selector(
+        "    kubernetes: {namespace: web, podLabels: {app: x y}}\n",
+    ));
     assert_diag(&d, 8, 51, "label value `x y`");
     let d = err(&with_selector(
         "    kubernetes: {namespace: web, podLabels: {app: x}, container: My_C}\n",
     ));
     assert_diag(&d, 8, 66, "invalid container name `My_C`");
     let d = err(&with_selector("    kubernetes:\n"));
-    assert_diag(&d, 8, 16, "spec.selector.kubernetes: missing field `namespace`");
+    assert_diag(
+        &d,
+        8,
+        16,
+        "spec.selector.kubernetes: missing field `namespace`",
+    );
 }
 
 #[test]
@@ -378,8 +437,14 @@ fn profile_rule_paths() {
         ]
     );
     for (path, why) in [
-        ("usr/bin/env", "path `usr/bin/env` is not absolute: it must start with `/`"),
-        ("/usr/../bin", "path `/usr/../bin` is not normalized: it contains a `..` component"),
+        (
+            "usr/bin/env",
+            "path `usr/bin/env` is not absolute: it must start with `/`",
+        ),
+        (
+            "/usr/../bin",
+            "path `/usr/../bin` is not normalized: it contains a `..` component",
+        ),
         ("/usr/./bin", "contains a `.` component"),
         ("/usr/bin/.", "contains a `.` component"),
         ("/usr/bin/..", "contains a `..` component"),
@@ -387,7 +452,9 @@ fn profile_rule_paths() {
         ("\"/usr/\\0bin\"", "contains a NUL byte"),
         ("\"\"", "path is empty"),
     ] {
-        let d = err(&with_spec(&format!("  exec:\n    default: deny\n    allow:\n      - {path}\n")));
+        let d = err(&with_spec(&format!(
+            "  exec:\n    default: deny\n    allow:\n      - {path}\n"
+        )));
         assert_diag(&d, 12, 9, why);
         assert!(d.message.starts_with("spec.exec.allow[0]: "), "{d}");
     }
@@ -395,19 +462,33 @@ fn profile_rule_paths() {
 
 #[test]
 fn profile_rule_path_length_bounds() {
-    let files = |path: &str| with_spec(&format!("  files:\n    default: allow\n    rules:\n      - path: {path}\n        access: [read]\n        action: deny\n"));
+    let files = |path: &str| {
+        with_spec(&format!(
+            "  files:\n    default: allow\n    rules:\n      - path: {path}\n        access: [read]\n        action: deny\n"
+        ))
+    };
     // Exact: at most 251 bytes (252 with the NUL terminator).
     let exact_ok = format!("/{}", "a".repeat(250));
     assert_eq!(exact_ok.len(), 251);
     ok(&files(&exact_ok));
     let d = err(&files(&format!("{exact_ok}b")));
-    assert_diag(&d, 12, 15, "exact path is 252 bytes long; an exact rule holds at most 251 bytes (plus its NUL terminator)");
+    assert_diag(
+        &d,
+        12,
+        15,
+        "exact path is 252 bytes long; an exact rule holds at most 251 bytes (plus its NUL terminator)",
+    );
     // Subtree: at most 252 bytes, trailing slash included.
     let subtree_ok = format!("/{}/", "a".repeat(250));
     assert_eq!(subtree_ok.len(), 252);
     ok(&files(&subtree_ok));
     let d = err(&files(&format!("/{}/", "a".repeat(251))));
-    assert_diag(&d, 12, 15, "subtree path is 253 bytes long; a subtree rule holds at most 252 bytes");
+    assert_diag(
+        &d,
+        12,
+        15,
+        "subtree path is 253 bytes long; a subtree rule holds at most 252 bytes",
+    );
     // Bytes, not characters.
     let d = err(&files(&format!("/{}", "é".repeat(126))));
     assert_diag(&d, 12, 15, "exact path is 253 bytes long");
@@ -425,12 +506,19 @@ fn profile_sections_require_default() {
     let d = err(&with_spec("  network: {}\n"));
     assert_diag(&d, 9, 12, "missing field `connect`");
     let d = err(&with_spec("  exec:\n    default: maybe\n"));
-    assert_diag(&d, 10, 14, "unknown variant `maybe`, expected `allow` or `deny`");
+    assert_diag(
+        &d,
+        10,
+        14,
+        "unknown variant `maybe`, expected `allow` or `deny`",
+    );
     // A present but empty section is refused, not read as "absent, allow everything".
     let d = err(&with_spec("  exec:\n  files:\n    default: allow\n"));
     assert_diag(&d, 9, 8, "spec.exec: missing field `default`");
     // Default only: valid.
-    let p = ok(&with_spec("  exec: {default: deny}\n  files: {default: deny}\n  network: {connect: {default: deny}}\n"));
+    let p = ok(&with_spec(
+        "  exec: {default: deny}\n  files: {default: deny}\n  network: {connect: {default: deny}}\n",
+    ));
     assert_eq!(
         (p.exec.default, p.files.default, p.network.connect.default),
         (Verdict::Deny, Verdict::Deny, Verdict::Deny)
@@ -440,9 +528,19 @@ fn profile_sections_require_default() {
 #[test]
 fn profile_mode_and_on_violation_values() {
     let d = err(&with_spec("  mode: permissive\n"));
-    assert_diag(&d, 9, 9, "unknown variant `permissive`, expected `enforce` or `audit`");
+    assert_diag(
+        &d,
+        9,
+        9,
+        "unknown variant `permissive`, expected `enforce` or `audit`",
+    );
     let d = err(&with_spec("  onViolation: block\n"));
-    assert_diag(&d, 9, 16, "unknown variant `block`, expected `deny` or `kill`");
+    assert_diag(
+        &d,
+        9,
+        16,
+        "unknown variant `block`, expected `deny` or `kill`",
+    );
     let d = err(&with_spec("  on_violation: kill\n"));
     assert_diag(&d, 9, 3, "unknown field `on_violation`");
 }
@@ -450,15 +548,38 @@ fn profile_mode_and_on_violation_values() {
 #[test]
 fn profile_unknown_fields_and_wrong_types_are_refused() {
     let d = err(&SPEC_EXAMPLE.replace("  serial: 3", "  serial: 3\n  labels: {}"));
-    assert_diag(&d, 6, 3, "metadata: unknown field `labels`, expected `name` or `serial`");
-    let d = err(&SPEC_EXAMPLE.replace("      default: deny\n", "      default: deny\n      log: true\n"));
+    assert_diag(
+        &d,
+        6,
+        3,
+        "metadata: unknown field `labels`, expected `name` or `serial`",
+    );
+    let d = err(&SPEC_EXAMPLE.replace(
+        "      default: deny\n",
+        "      default: deny\n      log: true\n",
+    ));
     assert_diag(&d, 26, 7, "spec.network.connect: unknown field `log`");
-    let d = err(&SPEC_EXAMPLE.replace("access: [write], action: deny", "access: [write], action: deny, recursive: true"));
+    let d = err(&SPEC_EXAMPLE.replace(
+        "access: [write], action: deny",
+        "access: [write], action: deny, recursive: true",
+    ));
     assert_diag(&d, 21, 58, "unknown field `recursive`");
-    let d = err(&with_spec("  exec:\n    default: deny\n    allow: /usr/bin/\n"));
-    assert_diag(&d, 11, 12, "invalid type: string \"/usr/bin/\", expected a sequence");
+    let d = err(&with_spec(
+        "  exec:\n    default: deny\n    allow: /usr/bin/\n",
+    ));
+    assert_diag(
+        &d,
+        11,
+        12,
+        "invalid type: string \"/usr/bin/\", expected a sequence",
+    );
     let d = err(&with_spec("").replace("metadata:\n  name: test\n  serial: 1\n", "metadata: []\n"));
-    assert_diag(&d, 3, 11, "expected metadata: a mapping with name and serial");
+    assert_diag(
+        &d,
+        3,
+        11,
+        "expected metadata: a mapping with name and serial",
+    );
     let d = err(&with_spec("").replace("  name: test\n", "  name: test\n  name: other\n"));
     assert_diag(&d, 4, 3, "duplicate field `name`");
     let d = err("- a\n- b\n");
@@ -467,10 +588,15 @@ fn profile_unknown_fields_and_wrong_types_are_refused() {
 
 #[test]
 fn profile_yaml_syntax_errors_have_positions() {
-    let d = err(&with_spec("  exec:\n    default: deny\n    allow: [/usr/bin/\n"));
+    let d = err(&with_spec(
+        "  exec:\n    default: deny\n    allow: [/usr/bin/\n",
+    ));
     assert_eq!(d.line, Some(12), "{d}");
     assert!(d.message.contains("while parsing a flow sequence"), "{d}");
-    assert!(d.message.starts_with("did not find expected ',' or ']'"), "{d}");
+    assert!(
+        d.message.starts_with("did not find expected ',' or ']'"),
+        "{d}"
+    );
     assert!(!d.message.starts_with(" at line 12 "), "{d}");
     let d = err("apiVersion: \"enforcerd/v1\nkind: Profile\n");
     assert_eq!(d.line, Some(3), "{d}");
@@ -484,7 +610,10 @@ fn profile_file_level_errors() {
     assert!(d.message.contains("more than one document"), "{d}");
     assert_eq!(d.to_string(), format!("{FILE}: {}", d.message));
     let d = err("");
-    assert_eq!(d.to_string(), format!("{FILE}: the file is empty; expected a `Profile` document"));
+    assert_eq!(
+        d.to_string(),
+        format!("{FILE}: the file is empty; expected a `Profile` document")
+    );
     let d = err(" \n\n");
     assert!(d.message.contains("the file is empty"));
     let d = parse(Path::new(FILE), b"apiVersion: \xff\n").unwrap_err();
@@ -496,11 +625,20 @@ fn profile_exec_path_in_both_lists() {
     let d = err(&with_spec(
         "  exec:\n    default: deny\n    allow: [/usr/bin/, /usr/sbin/nginx]\n    deny:\n      - /usr/bin/curl\n      - /usr/sbin/nginx\n",
     ));
-    assert_diag(&d, 14, 9, "spec.exec.deny[1]: `/usr/sbin/nginx` is listed in both exec.allow and exec.deny");
+    assert_diag(
+        &d,
+        14,
+        9,
+        "spec.exec.deny[1]: `/usr/sbin/nginx` is listed in both exec.allow and exec.deny",
+    );
     // Exact and subtree forms of one directory are different rules.
-    ok(&with_spec("  exec:\n    default: deny\n    allow: [/opt/app/]\n    deny: [/opt/app]\n"));
+    ok(&with_spec(
+        "  exec:\n    default: deny\n    allow: [/opt/app/]\n    deny: [/opt/app]\n",
+    ));
     // Repeats within one list are harmless and dropped.
-    let p = ok(&with_spec("  exec:\n    default: deny\n    allow: [/bin/sh, /bin/sh]\n"));
+    let p = ok(&with_spec(
+        "  exec:\n    default: deny\n    allow: [/bin/sh, /bin/sh]\n",
+    ));
     assert_eq!(p.exec.allow, vec![exact("/bin/sh")]);
 }
 
@@ -514,17 +652,29 @@ fn profile_file_rules() {
     let p = ok(&rule("[write, read]"));
     assert_eq!(
         p.files.rules,
-        vec![FileRuleSpec { path: subtree("/etc/"), read: true, write: true, action: Verdict::Allow }]
+        vec![FileRuleSpec {
+            path: subtree("/etc/"),
+            read: true,
+            write: true,
+            action: Verdict::Allow
+        }]
     );
     let d = err(&rule("[]"));
     assert_diag(&d, 12, 31, "access is empty");
     let d = err(&rule("[read, read]"));
     assert_diag(&d, 12, 31, "access `read` is listed twice");
     let d = err(&rule("[execute]"));
-    assert_diag(&d, 12, 32, "unknown variant `execute`, expected `read` or `write`");
+    assert_diag(
+        &d,
+        12,
+        32,
+        "unknown variant `execute`, expected `read` or `write`",
+    );
     let d = err(&rule("read"));
     assert_diag(&d, 12, 31, "expected a list of access kinds");
-    let d = err(&with_spec("  files:\n    default: deny\n    rules:\n      - {path: /etc/, access: [read]}\n"));
+    let d = err(&with_spec(
+        "  files:\n    default: deny\n    rules:\n      - {path: /etc/, access: [read]}\n",
+    ));
     assert_diag(&d, 12, 9, "missing field `action`");
 }
 
@@ -549,7 +699,9 @@ fn profile_file_rules_for_the_same_path_and_access_are_ambiguous() {
 }
 
 fn connect(entries: &str) -> String {
-    with_spec(&format!("  network:\n    connect:\n      default: deny\n      allow:\n{entries}"))
+    with_spec(&format!(
+        "  network:\n    connect:\n      default: deny\n      allow:\n{entries}"
+    ))
 }
 
 #[test]
@@ -560,7 +712,14 @@ fn profile_connect_rules() {
          - {cidr: \"::/0\"}\n",
     ));
     let rules = &p.network.connect.allow;
-    assert_eq!(rules[0], NetRuleSpec { cidr: net("10.0.0.0/8"), ports: vec![80, 443], protocols: vec![Protocol::Udp] });
+    assert_eq!(
+        rules[0],
+        NetRuleSpec {
+            cidr: net("10.0.0.0/8"),
+            ports: vec![80, 443],
+            protocols: vec![Protocol::Udp]
+        }
+    );
     assert_eq!(rules[1].cidr, net("192.168.1.7/32"));
     assert_eq!(rules[1].protocols, vec![Protocol::Tcp, Protocol::Udp]);
     assert_eq!(rules[2].cidr, net("fd00::/8"));
@@ -579,12 +738,36 @@ fn profile_connect_rule_errors() {
         ("{cidr: 10.0.0.0/33}", 18, "invalid CIDR `10.0.0.0/33`"),
         ("{cidr: 10.0.0/8}", 18, "invalid CIDR `10.0.0/8`"),
         ("{cidr: example.com}", 18, "invalid CIDR `example.com`"),
-        ("{cidr: 10.0.0.0/8, ports: [0]}", 38, "port 0 is out of range; ports are 1 to 65535"),
-        ("{cidr: 10.0.0.0/8, ports: [80, 65536]}", 42, "port 65536 is out of range"),
-        ("{cidr: 10.0.0.0/8, ports: [-1]}", 38, "invalid type: integer `-1`, expected a port number (1 to 65535)"),
-        ("{cidr: 10.0.0.0/8, ports: [http]}", 38, "expected a port number"),
-        ("{cidr: 10.0.0.0/8, ports: []}", 37, "ports is empty; leave `ports` out to match every port"),
-        ("{cidr: 10.0.0.0/8, protocol: icmp}", 40, "unknown variant `icmp`, expected `tcp` or `udp`"),
+        (
+            "{cidr: 10.0.0.0/8, ports: [0]}",
+            38,
+            "port 0 is out of range; ports are 1 to 65535",
+        ),
+        (
+            "{cidr: 10.0.0.0/8, ports: [80, 65536]}",
+            42,
+            "port 65536 is out of range",
+        ),
+        (
+            "{cidr: 10.0.0.0/8, ports: [-1]}",
+            38,
+            "invalid type: integer `-1`, expected a port number (1 to 65535)",
+        ),
+        (
+            "{cidr: 10.0.0.0/8, ports: [http]}",
+            38,
+            "expected a port number",
+        ),
+        (
+            "{cidr: 10.0.0.0/8, ports: []}",
+            37,
+            "ports is empty; leave `ports` out to match every port",
+        ),
+        (
+            "{cidr: 10.0.0.0/8, protocol: icmp}",
+            40,
+            "unknown variant `icmp`, expected `tcp` or `udp`",
+        ),
         ("{cidr: 10.0.0.0/8, port: 80}", 30, "unknown field `port`"),
         ("{ports: [80]}", 11, "missing field `cidr`"),
     ] {
@@ -592,7 +775,11 @@ fn profile_connect_rule_errors() {
         assert_diag(&d, 13, column, why);
     }
     let d = err(&connect("        - {cidr: 10.0.0.0/8, ports: [0]}\n"));
-    assert!(d.message.starts_with("spec.network.connect.allow[0].ports[0]: "), "{d}");
+    assert!(
+        d.message
+            .starts_with("spec.network.connect.allow[0].ports[0]: "),
+        "{d}"
+    );
 }
 
 fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -616,7 +803,11 @@ fn profile_load_file() {
     let d = load_file(&missing).unwrap_err();
     assert_eq!((d.line, d.column), (None, None));
     assert_eq!(d.file, missing);
-    assert!(d.to_string().starts_with(&format!("{}: cannot read the profile: ", missing.display())), "{d}");
+    assert!(
+        d.to_string()
+            .starts_with(&format!("{}: cannot read the profile: ", missing.display())),
+        "{d}"
+    );
 }
 
 #[test]
@@ -660,24 +851,45 @@ fn profile_load_dir() {
     let (profiles, diags) = load_dir(&d.join("nope"));
     assert!(profiles.is_empty());
     assert_eq!(diags.len(), 1);
-    assert!(diags[0].message.starts_with("cannot read the profile directory"));
+    assert!(
+        diags[0]
+            .message
+            .starts_with("cannot read the profile directory")
+    );
 }
 
 #[test]
 fn profile_name_position_follows_the_document() {
     assert_eq!(name_position(SPEC_EXAMPLE.as_bytes()), Some((4, 9)));
-    assert_eq!(name_position(b"metadata: {serial: 1, name: x}\n"), Some((1, 29)));
+    assert_eq!(
+        name_position(b"metadata: {serial: 1, name: x}\n"),
+        Some((1, 29))
+    );
     assert_eq!(name_position(b"metadata: {serial: 1}\n"), None);
     assert_eq!(name_position(b"[1, 2]\n"), None);
     assert_eq!(
         locate::locate(
             SPEC_EXAMPLE.as_bytes(),
-            &[Seg::Key("spec"), Seg::Key("files"), Seg::Key("rules"), Seg::Index(1), Seg::Key("access")]
+            &[
+                Seg::Key("spec"),
+                Seg::Key("files"),
+                Seg::Key("rules"),
+                Seg::Index(1),
+                Seg::Key("access")
+            ]
         ),
         Some((21, 35))
     );
     assert_eq!(
-        locate::locate(SPEC_EXAMPLE.as_bytes(), &[Seg::Key("spec"), Seg::Key("exec"), Seg::Key("allow"), Seg::Index(5)]),
+        locate::locate(
+            SPEC_EXAMPLE.as_bytes(),
+            &[
+                Seg::Key("spec"),
+                Seg::Key("exec"),
+                Seg::Key("allow"),
+                Seg::Index(5)
+            ]
+        ),
         None
     );
 }
@@ -686,7 +898,9 @@ fn profile_name_position_follows_the_document() {
 fn profile_large_profiles_parse() {
     let mut yaml = with_spec("  files:\n    default: allow\n    rules:\n");
     for i in 0..10_000 {
-        yaml.push_str(&format!("      - {{path: /srv/data/{i}/, access: [write], action: deny}}\n"));
+        yaml.push_str(&format!(
+            "      - {{path: /srv/data/{i}/, access: [write], action: deny}}\n"
+        ));
     }
     let start = std::time::Instant::now();
     let p = ok(&yaml);
@@ -706,23 +920,55 @@ fn profile_examples_all_parse() {
     let files = profile_files(&examples_dir()).unwrap();
     assert!(files.len() >= 3, "{files:?}");
     let (profiles, diags) = load_dir(&examples_dir());
-    assert!(diags.is_empty(), "{}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
+    assert!(
+        diags.is_empty(),
+        "{}",
+        diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(profiles.len(), files.len());
-    let by_name = |n: &str| profiles.iter().find(|p| p.name == n).unwrap_or_else(|| panic!("no profile {n}"));
+    let by_name = |n: &str| {
+        profiles
+            .iter()
+            .find(|p| p.name == n)
+            .unwrap_or_else(|| panic!("no profile {n}"))
+    };
     let web = by_name("web-frontend");
-    assert_eq!(web.selector, Selector::Cgroup("/system.slice/nginx.service".into()));
-    assert!(web.files.rules.iter().any(|r| r.path == exact("/etc/shadow") && r.action == Verdict::Deny));
-    assert!(web.network.connect.allow.iter().any(|r| r.cidr == net("10.0.0.0/8")
-        && r.ports == [5432]
-        && r.protocols == [Protocol::Tcp]));
+    assert_eq!(
+        web.selector,
+        Selector::Cgroup("/system.slice/nginx.service".into())
+    );
+    assert!(
+        web.files
+            .rules
+            .iter()
+            .any(|r| r.path == exact("/etc/shadow") && r.action == Verdict::Deny)
+    );
+    assert!(
+        web.network
+            .connect
+            .allow
+            .iter()
+            .any(|r| r.cidr == net("10.0.0.0/8")
+                && r.ports == [5432]
+                && r.protocols == [Protocol::Tcp])
+    );
     by_name("postgres");
     let nightly = by_name("nightly-report");
     assert!(nightly.mode == Mode::Audit || nightly.on_violation == OnViolation::Kill);
-    let cgroups = profiles.iter().filter(|p| matches!(p.selector, Selector::Cgroup(_))).count();
+    let cgroups = profiles
+        .iter()
+        .filter(|p| matches!(p.selector, Selector::Cgroup(_)))
+        .count();
     assert!(cgroups >= 2);
     for p in &profiles {
         let compiled = crate::compile::compile(1, p);
-        assert!(!compiled.exec_rules.is_empty() || p.exec.allow.is_empty() && p.exec.deny.is_empty());
+        assert!(
+            !compiled.exec_rules.is_empty() || p.exec.allow.is_empty() && p.exec.deny.is_empty()
+        );
     }
 }
 
@@ -743,20 +989,51 @@ fn schema_keys(schema: &serde_json::Value, pointer: &str) -> Vec<String> {
 fn profile_schema_matches_the_parser() {
     let text = std::fs::read_to_string(examples_dir().join("profile.schema.json")).unwrap();
     let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
-    assert_eq!(schema_keys(&schema, "/properties"), ["apiVersion", "kind", "metadata", "spec"]);
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(
+        schema_keys(&schema, "/properties"),
+        ["apiVersion", "kind", "metadata", "spec"]
+    );
     assert_eq!(schema["properties"]["apiVersion"]["const"], API_VERSION);
     assert_eq!(schema["properties"]["kind"]["const"], KIND);
-    assert_eq!(schema_keys(&schema, "/$defs/metadata/properties"), ["name", "serial"]);
+    assert_eq!(
+        schema_keys(&schema, "/$defs/metadata/properties"),
+        ["name", "serial"]
+    );
     assert_eq!(
         schema_keys(&schema, "/$defs/spec/properties"),
-        ["exec", "files", "mode", "network", "onViolation", "selector"]
+        [
+            "exec",
+            "files",
+            "mode",
+            "network",
+            "onViolation",
+            "selector"
+        ]
     );
-    assert_eq!(schema_keys(&schema, "/$defs/exec/properties"), ["allow", "default", "deny"]);
-    assert_eq!(schema_keys(&schema, "/$defs/files/properties"), ["default", "rules"]);
-    assert_eq!(schema_keys(&schema, "/$defs/fileRule/properties"), ["access", "action", "path"]);
-    assert_eq!(schema_keys(&schema, "/$defs/connect/properties"), ["allow", "default", "deny"]);
-    assert_eq!(schema_keys(&schema, "/$defs/netRule/properties"), ["cidr", "ports", "protocol"]);
+    assert_eq!(
+        schema_keys(&schema, "/$defs/exec/properties"),
+        ["allow", "default", "deny"]
+    );
+    assert_eq!(
+        schema_keys(&schema, "/$defs/files/properties"),
+        ["default", "rules"]
+    );
+    assert_eq!(
+        schema_keys(&schema, "/$defs/fileRule/properties"),
+        ["access", "action", "path"]
+    );
+    assert_eq!(
+        schema_keys(&schema, "/$defs/connect/properties"),
+        ["allow", "default", "deny"]
+    );
+    assert_eq!(
+        schema_keys(&schema, "/$defs/netRule/properties"),
+        ["cidr", "ports", "protocol"]
+    );
     assert_eq!(
         schema_keys(&schema, "/$defs/kubernetes/properties"),
         ["container", "namespace", "podLabels"]
@@ -765,7 +1042,11 @@ fn profile_schema_matches_the_parser() {
     fn closed(v: &serde_json::Value, at: &str) {
         if let Some(o) = v.as_object() {
             if o.contains_key("properties") {
-                assert_eq!(o.get("additionalProperties"), Some(&serde_json::Value::Bool(false)), "{at}");
+                assert_eq!(
+                    o.get("additionalProperties"),
+                    Some(&serde_json::Value::Bool(false)),
+                    "{at}"
+                );
             }
             for (k, child) in o {
                 closed(child, &format!("{at}/{k}"));

@@ -86,7 +86,11 @@ mod tests {
         let some = select(&["files".into(), "environment".into()]).unwrap();
         let names: Vec<_> = some.iter().map(|s| s.name).collect();
         assert_eq!(names, ["environment", "files"]);
-        assert!(select(&["nope".into()]).unwrap_err().contains("exec_allowlist"));
+        assert!(
+            select(&["nope".into()])
+                .unwrap_err()
+                .contains("exec_allowlist")
+        );
     }
 
     #[test]

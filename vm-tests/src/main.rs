@@ -70,7 +70,12 @@ fn default_jobs() -> usize {
         .unwrap_or(1)
 }
 
-fn options(common: Common, kernels: Vec<String>, scenarios: Vec<String>, jobs: usize) -> host::Options {
+fn options(
+    common: Common,
+    kernels: Vec<String>,
+    scenarios: Vec<String>,
+    jobs: usize,
+) -> host::Options {
     host::Options {
         kernels,
         scenarios,

@@ -63,7 +63,11 @@ pub struct ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed protocol line ({}): {}", self.reason, self.line)
+        write!(
+            f,
+            "malformed protocol line ({}): {}",
+            self.reason, self.line
+        )
     }
 }
 
@@ -205,7 +209,10 @@ mod tests {
 
     #[test]
     fn marker_after_kernel_noise_and_crlf_is_found() {
-        let line = format!("[  3.1] random: crng init done{}\r\n", Event::Init.to_line());
+        let line = format!(
+            "[  3.1] random: crng init done{}\r\n",
+            Event::Init.to_line()
+        );
         assert_eq!(parse_line(&line), Some(Ok(Event::Init)));
         assert_eq!(
             parse_line("@@SCENARIO-START  files  \r"),

@@ -77,6 +77,8 @@ pub struct Daemon {
     stderr_path: PathBuf,
     out: Tail,
     err: Tail,
+    /// Whether [`Daemon::relay`] copies stdout (decision lines) too, or only stderr.
+    pub relay_stdout: bool,
 }
 
 /// Why the daemon did not become ready.
@@ -94,12 +96,21 @@ impl Daemon {
         let sock_path = PathBuf::from(format!("/run/notify-{tag}.sock"));
         let fail = |got: String, stderr: String| StartFailure { got, stderr };
         let _ = std::fs::remove_file(&sock_path);
-        let sock = UnixDatagram::bind(&sock_path)
-            .map_err(|e| fail(format!("cannot bind {}: {e}", sock_path.display()), String::new()))?;
+        let sock = UnixDatagram::bind(&sock_path).map_err(|e| {
+            fail(
+                format!("cannot bind {}: {e}", sock_path.display()),
+                String::new(),
+            )
+        })?;
         let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
         let (stdout, stderr) = match (File::create(&stdout_path), File::create(&stderr_path)) {
             (Ok(o), Ok(e)) => (o, e),
-            _ => return Err(fail("cannot create the daemon's output files".into(), String::new())),
+            _ => {
+                return Err(fail(
+                    "cannot create the daemon's output files".into(),
+                    String::new(),
+                ));
+            }
         };
         say(&format!(
             "$ NOTIFY_SOCKET={} {ENFORCERD} run --profiles {} --allow-unsigned &",
@@ -126,6 +137,7 @@ impl Daemon {
             err: Tail::new(stderr_path.clone()),
             stdout_path,
             stderr_path,
+            relay_stdout: true,
         };
         let mut buf = [0u8; 4096];
         loop {
@@ -179,8 +191,10 @@ impl Daemon {
         for l in self.err.new_lines() {
             say(&format!("  enforcerd stderr| {l}"));
         }
-        for l in self.out.new_lines() {
-            say(&format!("  enforcerd stdout| {l}"));
+        if self.relay_stdout {
+            for l in self.out.new_lines() {
+                say(&format!("  enforcerd stdout| {l}"));
+            }
         }
     }
 
@@ -196,22 +210,41 @@ impl Daemon {
         tail_lines(&self.stderr(), n)
     }
 
-    /// Every JSON object the daemon printed on stdout so far.
-    pub fn decisions(&self) -> Vec<Value> {
+    /// Every JSON object the daemon printed on stdout so far, with its line as printed.
+    pub fn decision_lines(&self) -> Vec<(String, Value)> {
         self.stdout()
             .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
-            .filter(Value::is_object)
+            .filter_map(|l| {
+                let v = serde_json::from_str::<Value>(l.trim()).ok()?;
+                v.is_object().then(|| (l.to_owned(), v))
+            })
             .collect()
     }
 
+    pub fn decisions(&self) -> Vec<Value> {
+        self.decision_lines().into_iter().map(|(_, v)| v).collect()
+    }
+
     /// Waits for a decision matching `pred`.
-    pub fn wait_decision(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub fn wait_decision(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        self.wait_decision_line(timeout, pred).map(|(_, v)| v)
+    }
+
+    /// Waits for a decision matching `pred`; returns it with its line as printed.
+    pub fn wait_decision_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<(String, Value)> {
         let deadline = Instant::now() + timeout;
         loop {
             self.relay();
-            if let Some(v) = self.decisions().into_iter().find(|v| pred(v)) {
-                return Some(v);
+            if let Some(found) = self.decision_lines().into_iter().find(|(_, v)| pred(v)) {
+                return Some(found);
             }
             if Instant::now() >= deadline {
                 return None;

@@ -103,6 +103,8 @@ fn run_tests(filter: &[String]) -> u8 {
         failed += ctx.failed;
         emit(&Event::ScenarioEnd(s.name.into()));
     }
-    emit(&Event::Done(if failed == 0 { "ok" } else { "failed" }.into()));
+    emit(&Event::Done(
+        if failed == 0 { "ok" } else { "failed" }.into(),
+    ));
     u8::from(failed > 0)
 }

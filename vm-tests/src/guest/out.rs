@@ -136,11 +136,17 @@ impl Ctx {
             Ok(d) => {
                 let after = d.ready_after;
                 self.daemon = Some(d);
-                self.note(&format!("enforcerd ready after {:.2} s", after.as_secs_f64()));
+                self.note(&format!(
+                    "enforcerd ready after {:.2} s",
+                    after.as_secs_f64()
+                ));
                 self.check(
                     check,
                     true,
-                    format!("READY=1 within {} s", super::daemon::READY_TIMEOUT.as_secs()),
+                    format!(
+                        "READY=1 within {} s",
+                        super::daemon::READY_TIMEOUT.as_secs()
+                    ),
                     format!("READY=1 after {:.2} s", after.as_secs_f64()),
                     None,
                 );
@@ -150,7 +156,10 @@ impl Ctx {
                 self.check(
                     check,
                     false,
-                    format!("READY=1 within {} s", super::daemon::READY_TIMEOUT.as_secs()),
+                    format!(
+                        "READY=1 within {} s",
+                        super::daemon::READY_TIMEOUT.as_secs()
+                    ),
                     f.got.clone(),
                     Some(format!("enforcerd stderr:\n{}", f.stderr)),
                 );
@@ -171,10 +180,22 @@ impl Ctx {
         );
         match d.stop() {
             Ok(t) => {
-                self.check(check, true, expected, format!("exit 0 after {:.2} s", t.as_secs_f64()), None);
+                self.check(
+                    check,
+                    true,
+                    expected,
+                    format!("exit 0 after {:.2} s", t.as_secs_f64()),
+                    None,
+                );
             }
             Err(got) => {
-                self.check(check, false, expected, got, Some(format!("enforcerd stderr:\n{stderr}")));
+                self.check(
+                    check,
+                    false,
+                    expected,
+                    got,
+                    Some(format!("enforcerd stderr:\n{stderr}")),
+                );
             }
         }
     }

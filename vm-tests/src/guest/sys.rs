@@ -188,12 +188,19 @@ fn send(fd: RawFd, tag: u8, value: i32) {
 
 /// Forks; the child joins `cgroup` (when given) and runs `body`, whose return value is its exit
 /// status. The parent collects the child's pipe messages and its wait status.
-fn fork_in(cgroup: Option<&Cgroup>, body: impl FnOnce(RawFd) -> i32) -> (i32, Vec<(u8, i32)>, WaitStatus) {
+fn fork_in(
+    cgroup: Option<&Cgroup>,
+    body: impl FnOnce(RawFd) -> i32,
+) -> (i32, Vec<(u8, i32)>, WaitStatus) {
     let procs = cgroup.map(Cgroup::procs);
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return (0, vec![], WaitStatus::Harness(format!("pipe2: {}", errno_name(errno()))));
+        return (
+            0,
+            vec![],
+            WaitStatus::Harness(format!("pipe2: {}", errno_name(errno()))),
+        );
     }
     let (rd, wr) = (fds[0], fds[1]);
     // SAFETY: the runner is single-threaded, so the child may run arbitrary code.
@@ -205,7 +212,11 @@ fn fork_in(cgroup: Option<&Cgroup>, body: impl FnOnce(RawFd) -> i32) -> (i32, Ve
             libc::close(rd);
             libc::close(wr);
         }
-        return (0, vec![], WaitStatus::Harness(format!("fork: {}", errno_name(e))));
+        return (
+            0,
+            vec![],
+            WaitStatus::Harness(format!("fork: {}", errno_name(e))),
+        );
     }
     if pid == 0 {
         // SAFETY: child side; only our own fds and _exit.
@@ -259,7 +270,9 @@ fn read_messages(rd: RawFd) -> Vec<(u8, i32)> {
         }
         data.extend_from_slice(&buf[..r as usize]);
     }
-    data.chunks_exact(5)
+    data.as_chunks::<5>()
+        .0
+        .iter()
         .map(|c| (c[0], i32::from_le_bytes([c[1], c[2], c[3], c[4]])))
         .collect()
 }
@@ -653,7 +666,10 @@ mod tests {
         if Path::new("/bin/sh").exists() {
             let r = exec_in(None, &Exec::path("/bin/sh", &["sh", "-c", "exit 3"]));
             assert_eq!(r.outcome, Outcome::Exited(3));
-            let r = exec_in(None, &Exec::how(How::ProcSelfFd("/bin/sh".into()), &["sh", "-c", "exit 4"]));
+            let r = exec_in(
+                None,
+                &Exec::how(How::ProcSelfFd("/bin/sh".into()), &["sh", "-c", "exit 4"]),
+            );
             assert_eq!(r.outcome, Outcome::Exited(4));
         }
     }

@@ -55,12 +55,26 @@ const FALLBACK_APPLETS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    Dir { mode: u32 },
+    Dir {
+        mode: u32,
+    },
     /// A regular file copied from the host (symlinks on the host are followed).
-    File { source: PathBuf, mode: u32 },
-    Bytes { data: Vec<u8>, mode: u32 },
-    Symlink { target: String },
-    CharDev { mode: u32, major: u32, minor: u32 },
+    File {
+        source: PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
+    CharDev {
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// The archive's contents, by absolute path. Parent directories are added implicitly.
@@ -113,8 +127,7 @@ impl Archive {
     /// Writes the archive in the kernel's "newc" cpio format. Entries come in path order, so
     /// every directory precedes its contents.
     pub fn write_newc<W: Write>(&self, mut w: W) -> Result<()> {
-        let mut ino = 1u32;
-        for (path, node) in &self.entries {
+        for (ino, (path, node)) in (1u32..).zip(&self.entries) {
             let name = &path[1..];
             let (mode, data, rdev) = match node {
                 Node::Dir { mode } => (libc::S_IFDIR | mode, Vec::new(), (0, 0)),
@@ -131,9 +144,12 @@ impl Archive {
                     (libc::S_IFCHR | mode, Vec::new(), (*major, *minor))
                 }
             };
-            let nlink = if matches!(node, Node::Dir { .. }) { 2 } else { 1 };
+            let nlink = if matches!(node, Node::Dir { .. }) {
+                2
+            } else {
+                1
+            };
             write_entry(&mut w, ino, mode, nlink, rdev, name, &data)?;
-            ino += 1;
         }
         write_entry(&mut w, 0, 0, 1, (0, 0), "TRAILER!!!", &[])?;
         Ok(())
@@ -255,10 +271,7 @@ pub struct Inputs<'a> {
     pub binaries: Vec<(PathBuf, &'a str)>,
 }
 
-pub fn plan(
-    inputs: &Inputs<'_>,
-    mut ldd: impl FnMut(&Path) -> Result<String>,
-) -> Result<Archive> {
+pub fn plan(inputs: &Inputs<'_>, mut ldd: impl FnMut(&Path) -> Result<String>) -> Result<Archive> {
     let mut a = Archive::new();
     for d in [
         "/proc", "/sys", "/dev", "/tmp", "/run", "/etc", "/root", "/srv", "/opt", "/var",
@@ -329,8 +342,7 @@ pub fn plan(
             },
         );
         let listing = ldd(source)?;
-        let libs = parse_ldd(&listing)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
+        let libs = parse_ldd(&listing).map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
         for lib in libs {
             let path = lib.to_str().context("non-UTF-8 library path")?.to_owned();
             if a.get(&path).is_none() {
@@ -411,7 +423,11 @@ mod tests {
 
     #[test]
     fn ldd_static_binary_and_vdso_variants() {
-        assert!(parse_ldd("\tnot a dynamic executable\n").unwrap().is_empty());
+        assert!(
+            parse_ldd("\tnot a dynamic executable\n")
+                .unwrap()
+                .is_empty()
+        );
         assert!(parse_ldd("\tstatically linked\n").unwrap().is_empty());
         assert!(
             parse_ldd("\tlinux-vdso.so.1 =>  (0x00007fff)\n")
@@ -446,7 +462,10 @@ mod tests {
                 target: "busybox".into()
             })
         );
-        assert!(matches!(a.get("/init"), Some(Node::Bytes { mode: 0o755, .. })));
+        assert!(matches!(
+            a.get("/init"),
+            Some(Node::Bytes { mode: 0o755, .. })
+        ));
         assert!(matches!(a.get("/bin/vm-guest"), Some(Node::File { .. })));
         assert!(matches!(
             a.get("/lib64/ld-linux-x86-64.so.2"),
@@ -491,8 +510,11 @@ mod tests {
             assert_eq!(off % 4, 0, "entry not aligned");
             assert_eq!(&buf[..6], b"070701");
             let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&buf[6 + i * 8..14 + i * 8]).unwrap(), 16)
-                    .unwrap()
+                u32::from_str_radix(
+                    std::str::from_utf8(&buf[6 + i * 8..14 + i * 8]).unwrap(),
+                    16,
+                )
+                .unwrap()
             };
             let mode = field(1);
             let size = field(6) as usize;

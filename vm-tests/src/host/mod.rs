@@ -32,7 +32,10 @@ pub fn default_kernel_dir() -> PathBuf {
 /// The directory holding the harness's own executable (`target/<profile>/`).
 pub fn own_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the vm-tests executable")?;
-    Ok(exe.parent().context("executable without a directory")?.to_owned())
+    Ok(exe
+        .parent()
+        .context("executable without a directory")?
+        .to_owned())
 }
 
 /// `target/vm-tests` for a harness at `target/<profile>/vm-tests`.
@@ -109,10 +112,7 @@ impl Scratch {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vm-tests-{}-{nanos:08x}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("vm-tests-{}-{nanos:08x}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
     }
@@ -264,7 +264,11 @@ fn progress(name: &str) -> impl FnMut(&str, Option<&Event>, Duration) + '_ {
 
 /// `vm-tests demo`: boots one kernel and shows the narrated walk-through live.
 pub fn demo(opts: &Options) -> Result<bool> {
-    let kernel = opts.kernels.first().map(String::as_str).unwrap_or("debian12");
+    let kernel = opts
+        .kernels
+        .first()
+        .map(String::as_str)
+        .unwrap_or("debian12");
     let (name, path) = resolve_kernel(kernel, &opts.kernel_dir);
     let bins = locate_binaries(opts.bin_dir.as_deref(), true)?;
     std::fs::create_dir_all(&opts.log_dir)
@@ -281,11 +285,16 @@ pub fn demo(opts: &Options) -> Result<bool> {
         memory_mb: opts.memory_mb,
     };
     println!("booting {name} under QEMU (software emulation: allow ~10 s)...\n");
+    // Firmware chatter before /init starts stays in the log only.
+    let mut booted = false;
     let report = qemu::run(&spec, &[], |line, event, elapsed| match event {
-        Some(Event::Init) => println!("[booted in {:.1} s]", elapsed.as_secs_f64()),
+        Some(Event::Init) => {
+            booted = true;
+            println!("[booted in {:.1} s]", elapsed.as_secs_f64())
+        }
         Some(_) => {}
-        None if line.starts_with("# qemu") => {}
-        None => println!("{line}"),
+        None if booted => println!("{line}"),
+        None => {}
     });
     println!(
         "\n[VM {} after {:.1} s; serial log: {}]",
@@ -298,10 +307,7 @@ pub fn demo(opts: &Options) -> Result<bool> {
     );
     let ok = report.end == report::VmEnd::Exited && report.guest_exit == Some(0);
     if !ok {
-        eprintln!(
-            "demo failed: guest exit status {:?}",
-            report.guest_exit
-        );
+        eprintln!("demo failed: guest exit status {:?}", report.guest_exit);
     }
     Ok(ok)
 }
@@ -315,7 +321,10 @@ mod tests {
         let dir = Path::new("/cache/kernels");
         assert_eq!(
             resolve_kernel("sid", dir),
-            ("sid".to_owned(), PathBuf::from("/cache/kernels/sid-vmlinuz"))
+            (
+                "sid".to_owned(),
+                PathBuf::from("/cache/kernels/sid-vmlinuz")
+            )
         );
         assert_eq!(
             resolve_kernel("/boot/vmlinuz-6.1.0-56-amd64", dir),

@@ -37,15 +37,24 @@ impl VmSpec {
             append.push_str(a);
         }
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-nographic", "-no-reboot"])
-            .arg("-m")
-            .arg(self.memory_mb.to_string())
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&self.initrd)
-            .arg("-append")
-            .arg(append);
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-m")
+        .arg(self.memory_mb.to_string())
+        .arg("-kernel")
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(&self.initrd)
+        .arg("-append")
+        .arg(append);
         cmd
     }
 }
@@ -183,13 +192,14 @@ pub fn run(
                 let elapsed = started.elapsed();
                 let _ = writeln!(log, "{line}");
                 let event = collector.line(&line, elapsed);
-                if event.is_none() && crash.is_none() && !line.contains(crate::protocol::MARKER)
+                if event.is_none()
+                    && crash.is_none()
+                    && !line.contains(crate::protocol::MARKER)
+                    && let Some(m) = CRASH_MARKERS.iter().find(|m| line.contains(**m))
                 {
-                    if let Some(m) = CRASH_MARKERS.iter().find(|m| line.contains(**m)) {
-                        let at = line.find(m).unwrap_or(0);
-                        crash = Some(line[at..].trim().to_owned());
-                        kill_at = Some(Instant::now() + CRASH_GRACE);
-                    }
+                    let at = line.find(m).unwrap_or(0);
+                    crash = Some(line[at..].trim().to_owned());
+                    kill_at = Some(Instant::now() + CRASH_GRACE);
                 }
                 if let Some(Event::GuestExit(_)) = event {
                     kill_at.get_or_insert(Instant::now() + POWEROFF_GRACE);

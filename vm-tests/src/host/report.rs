@@ -201,7 +201,9 @@ impl Collector {
                     self.tally(&r.scenario).failed += 1;
                     let context = self.context(CONTEXT_LINES);
                     self.remember(format!("FAIL {}/{}: got {}", r.scenario, r.check, r.got));
-                    self.report.failures.push(failure(&self.kernel, r, context, self.line_no));
+                    self.report
+                        .failures
+                        .push(failure(&self.kernel, r, context, self.line_no));
                 }
             }
             Event::Done(status) => {
@@ -493,7 +495,10 @@ mod tests {
         assert_eq!(r.boot_time, Some(Duration::from_secs(1)));
         assert_eq!(r.release.as_deref(), Some("6.1.0-56-amd64"));
         let text = render_kernel(&r);
-        assert!(text.contains("environment") && text.contains("ok (2 checks)"), "{text}");
+        assert!(
+            text.contains("environment") && text.contains("ok (2 checks)"),
+            "{text}"
+        );
         assert!(render_summary(&[r]).ends_with("3 passed, 0 failed\n"));
     }
 
@@ -524,11 +529,20 @@ mod tests {
         assert_eq!(f.log_line, Some(3));
         assert_eq!(
             f.context,
-            ["--- scenario exec_allowlist", "# exec ./busybox in /opt/denied"]
+            [
+                "--- scenario exec_allowlist",
+                "# exec ./busybox in /opt/denied"
+            ]
         );
         let text = render_summary(&[r]);
-        assert!(text.contains("--- FAIL [sid] exec_allowlist/relative_path_denied"), "{text}");
-        assert!(text.contains("expected: EPERM (Operation not permitted)"), "{text}");
+        assert!(
+            text.contains("--- FAIL [sid] exec_allowlist/relative_path_denied"),
+            "{text}"
+        );
+        assert!(
+            text.contains("expected: EPERM (Operation not permitted)"),
+            "{text}"
+        );
         assert!(text.contains("got:      exit 0"), "{text}");
         assert!(text.contains("| # exec ./busybox in /opt/denied"), "{text}");
         assert!(text.ends_with("0 passed, 1 failed\n"), "{text}");
@@ -556,7 +570,12 @@ mod tests {
         assert_eq!(r.failures[0].check, "(did not finish)");
         assert_eq!(r.failures[1].check, "(did not run)");
         assert!(r.failures[0].got.contains("Kernel panic"));
-        assert!(r.failures[0].context.iter().any(|l| l.contains("Kernel panic")));
+        assert!(
+            r.failures[0]
+                .context
+                .iter()
+                .any(|l| l.contains("Kernel panic"))
+        );
         let text = render_kernel(&r);
         assert!(text.contains("VM CRASHED"), "{text}");
     }
@@ -627,7 +646,10 @@ mod tests {
         );
         assert_eq!(diff_lines("", "new"), ["+ new"]);
         assert_eq!(diff_lines("old", ""), ["- old"]);
-        assert_eq!(diff_lines("same\nlines", "same\nlines"), ["  same", "  lines"]);
+        assert_eq!(
+            diff_lines("same\nlines", "same\nlines"),
+            ["  same", "  lines"]
+        );
     }
 
     #[test]
@@ -644,7 +666,10 @@ mod tests {
         };
         let text = render_failure(&f, None);
         assert!(text.contains("diff (- expected, + got)"), "{text}");
-        assert!(text.contains("- line 2") && text.contains("+ line two"), "{text}");
+        assert!(
+            text.contains("- line 2") && text.contains("+ line two"),
+            "{text}"
+        );
         assert!(text.contains("stderr: boom"), "{text}");
     }
 }

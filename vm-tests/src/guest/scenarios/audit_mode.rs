@@ -51,42 +51,66 @@ pub fn audit_blocks_nothing_and_reports_every_would_be_denial(ctx: &mut Ctx) -> 
     ctx.start_daemon(&dir, "daemon_ready")?;
     let g = Some(&cg);
 
-    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["true"]));
+    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
     ctx.expect("unlisted_exec_not_blocked", &Outcome::Exited(0), &r);
-    reported(ctx, "unlisted_exec_reported_as_audit", &r, &Expect {
-        hook: "exec",
-        target: DENIED_BUSYBOX,
-        extra: &[],
-    });
+    reported(
+        ctx,
+        "unlisted_exec_reported_as_audit",
+        &r,
+        &Expect {
+            hook: "exec",
+            target: DENIED_BUSYBOX,
+            extra: &[],
+        },
+    );
 
     let r = ctx.op(g, &format!("open({SECRET}, O_RDONLY)"), || {
         open_op(SECRET, libc::O_RDONLY)
     });
     ctx.expect("denied_read_not_blocked", &Outcome::Ok, &r);
-    reported(ctx, "denied_read_reported_as_audit", &r, &Expect {
-        hook: "file",
-        target: SECRET,
-        extra: &[("access", "read")],
-    });
+    reported(
+        ctx,
+        "denied_read_reported_as_audit",
+        &r,
+        &Expect {
+            hook: "file",
+            target: SECRET,
+            extra: &[("access", "read")],
+        },
+    );
 
-    let r = ctx.op(g, &format!("open({REPORT}, O_WRONLY|O_APPEND) + write"), || {
-        write_op(REPORT, libc::O_WRONLY | libc::O_APPEND, b"audited\n")
-    });
+    let r = ctx.op(
+        g,
+        &format!("open({REPORT}, O_WRONLY|O_APPEND) + write"),
+        || write_op(REPORT, libc::O_WRONLY | libc::O_APPEND, b"audited\n"),
+    );
     ctx.expect("write_in_read_only_subtree_not_blocked", &Outcome::Ok, &r);
-    reported(ctx, "write_in_read_only_subtree_reported_as_audit", &r, &Expect {
-        hook: "file",
-        target: REPORT,
-        extra: &[("access", "write")],
-    });
+    reported(
+        ctx,
+        "write_in_read_only_subtree_reported_as_audit",
+        &r,
+        &Expect {
+            hook: "file",
+            target: REPORT,
+            extra: &[("access", "write")],
+        },
+    );
 
     let addr: SocketAddr = "127.0.0.1:9091".parse().expect("valid address");
-    let r = ctx.op(g, &format!("connect(tcp {addr})"), || connect_op(addr, Proto::Tcp));
-    ctx.expect("denied_connect_not_blocked", &Outcome::Ok, &r);
-    reported(ctx, "denied_connect_reported_as_audit", &r, &Expect {
-        hook: "connect",
-        target: "127.0.0.1:9091",
-        extra: &[("protocol", "tcp")],
+    let r = ctx.op(g, &format!("connect(tcp {addr})"), || {
+        connect_op(addr, Proto::Tcp)
     });
+    ctx.expect("denied_connect_not_blocked", &Outcome::Ok, &r);
+    reported(
+        ctx,
+        "denied_connect_reported_as_audit",
+        &r,
+        &Expect {
+            hook: "connect",
+            target: "127.0.0.1:9091",
+            extra: &[("protocol", "tcp")],
+        },
+    );
 
     // Allowed operations are counted, not reported.
     let r = ctx.op(g, &format!("open({PUBLIC}, O_RDONLY)"), || {

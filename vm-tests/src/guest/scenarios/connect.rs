@@ -42,24 +42,91 @@ pub fn connect_rules_match_cidr_port_and_protocol(ctx: &mut Ctx) -> Result<()> {
     ctx.start_daemon(&dir, "daemon_ready")?;
 
     let cases: &[(&str, &str, Proto, Outcome)] = &[
-        ("allowed_tcp_port_connects", "127.0.0.1:8080", Proto::Tcp, Outcome::Ok),
-        ("other_tcp_port_denied", "127.0.0.1:9090", Proto::Tcp, Outcome::EPERM),
-        ("udp_to_tcp_only_rule_denied", "127.0.0.1:5353", Proto::Udp, Outcome::EPERM),
-        ("udp_on_allowed_port_denied", "127.0.0.1:8080", Proto::Udp, Outcome::EPERM),
-        ("other_address_in_allowed_cidr_connects", "127.0.0.2:8080", Proto::Tcp, Outcome::Ok),
+        (
+            "allowed_tcp_port_connects",
+            "127.0.0.1:8080",
+            Proto::Tcp,
+            Outcome::Ok,
+        ),
+        (
+            "other_tcp_port_denied",
+            "127.0.0.1:9090",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
+        (
+            "udp_to_tcp_only_rule_denied",
+            "127.0.0.1:5353",
+            Proto::Udp,
+            Outcome::EPERM,
+        ),
+        (
+            "udp_on_allowed_port_denied",
+            "127.0.0.1:8080",
+            Proto::Udp,
+            Outcome::EPERM,
+        ),
+        (
+            "other_address_in_allowed_cidr_connects",
+            "127.0.0.2:8080",
+            Proto::Tcp,
+            Outcome::Ok,
+        ),
         // No route to 10/8 in the VM: only a decision before routing gives EPERM.
-        ("address_outside_cidr_denied_before_routing", "10.1.2.3:8080", Proto::Tcp, Outcome::EPERM),
-        ("deny_rule_inside_allowed_cidr_wins", "127.0.0.3:8080", Proto::Tcp, Outcome::EPERM),
-        ("ipv6_allowed_connects", "[::1]:8080", Proto::Tcp, Outcome::Ok),
-        ("ipv6_other_port_denied", "[::1]:9090", Proto::Tcp, Outcome::EPERM),
-        ("ipv6_outside_cidr_denied", "[2001:db8::1]:8080", Proto::Tcp, Outcome::EPERM),
-        ("ipv4_mapped_ipv6_allowed_connects", "[::ffff:127.0.0.1]:8080", Proto::Tcp, Outcome::Ok),
-        ("ipv4_mapped_ipv6_other_port_denied", "[::ffff:127.0.0.1]:9090", Proto::Tcp, Outcome::EPERM),
-        ("ipv4_mapped_ipv6_deny_rule_wins", "[::ffff:127.0.0.3]:8080", Proto::Tcp, Outcome::EPERM),
+        (
+            "address_outside_cidr_denied_before_routing",
+            "10.1.2.3:8080",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
+        (
+            "deny_rule_inside_allowed_cidr_wins",
+            "127.0.0.3:8080",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
+        (
+            "ipv6_allowed_connects",
+            "[::1]:8080",
+            Proto::Tcp,
+            Outcome::Ok,
+        ),
+        (
+            "ipv6_other_port_denied",
+            "[::1]:9090",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
+        (
+            "ipv6_outside_cidr_denied",
+            "[2001:db8::1]:8080",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
+        (
+            "ipv4_mapped_ipv6_allowed_connects",
+            "[::ffff:127.0.0.1]:8080",
+            Proto::Tcp,
+            Outcome::Ok,
+        ),
+        (
+            "ipv4_mapped_ipv6_other_port_denied",
+            "[::ffff:127.0.0.1]:9090",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
+        (
+            "ipv4_mapped_ipv6_deny_rule_wins",
+            "[::ffff:127.0.0.3]:8080",
+            Proto::Tcp,
+            Outcome::EPERM,
+        ),
     ];
     for (check, addr, proto, expected) in cases {
         let addr: SocketAddr = addr.parse().expect("valid address");
-        let r = ctx.op(Some(&cg), &format!("connect({proto} {addr})"), || connect_op(addr, *proto));
+        let r = ctx.op(Some(&cg), &format!("connect({proto} {addr})"), || {
+            connect_op(addr, *proto)
+        });
         ctx.expect(check, expected, &r);
     }
 
@@ -71,8 +138,14 @@ pub fn connect_rules_match_cidr_port_and_protocol(ctx: &mut Ctx) -> Result<()> {
     ctx.expect("unix_socket_connect_not_governed", &Outcome::Ok, &r);
 
     let addr: SocketAddr = "127.0.0.1:9090".parse().expect("valid address");
-    let r = ctx.op(Some(&free), &format!("connect(tcp {addr})"), || connect_op(addr, Proto::Tcp));
-    ctx.expect("denied_port_connects_from_ungoverned_cgroup", &Outcome::Ok, &r);
+    let r = ctx.op(Some(&free), &format!("connect(tcp {addr})"), || {
+        connect_op(addr, Proto::Tcp)
+    });
+    ctx.expect(
+        "denied_port_connects_from_ungoverned_cgroup",
+        &Outcome::Ok,
+        &r,
+    );
 
     ctx.stop_daemon("daemon_stops_on_sigterm");
     let _ = std::fs::remove_file(UNIX_SOCKET);

@@ -1,13 +1,13 @@
 //! The VM itself: what every other scenario takes for granted.
 
 use crate::guest::out::Ctx;
-use crate::guest::sys::{Cgroup, Outcome, Proto, connect_op, fs_magic, errno_name};
+use crate::guest::sys::{Cgroup, Outcome, Proto, connect_op, errno_name, fs_magic};
 use anyhow::Result;
 use std::net::{SocketAddr, TcpListener};
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const SECURITYFS_MAGIC: i64 = 0x7365_6373;
+const SECURITYFS_MAGIC: i64 = 0x7363_6673;
 
 pub fn vm_provides_bpf_lsm_btf_cgroup2_and_loopback(ctx: &mut Ctx) -> Result<()> {
     let lsm = std::fs::read_to_string("/sys/kernel/security/lsm")
@@ -34,9 +34,19 @@ pub fn vm_provides_bpf_lsm_btf_cgroup2_and_loopback(ctx: &mut Ctx) -> Result<()>
     );
 
     for (check, path, magic, what) in [
-        ("cgroup2_mounted", "/sys/fs/cgroup", CGROUP2_SUPER_MAGIC, "cgroup2"),
+        (
+            "cgroup2_mounted",
+            "/sys/fs/cgroup",
+            CGROUP2_SUPER_MAGIC,
+            "cgroup2",
+        ),
         ("bpffs_mounted", "/sys/fs/bpf", BPF_FS_MAGIC, "bpf"),
-        ("securityfs_mounted", "/sys/kernel/security", SECURITYFS_MAGIC, "securityfs"),
+        (
+            "securityfs_mounted",
+            "/sys/kernel/security",
+            SECURITYFS_MAGIC,
+            "securityfs",
+        ),
     ] {
         let got = fs_magic(path);
         ctx.check(
@@ -54,27 +64,31 @@ pub fn vm_provides_bpf_lsm_btf_cgroup2_and_loopback(ctx: &mut Ctx) -> Result<()>
 
     // A child really lands in a cgroup it joins.
     let cg = Cgroup::create("/environment")?;
-    let run = ctx.op(Some(&cg), "read /proc/self/cgroup", || {
-        match std::fs::read_to_string("/proc/self/cgroup") {
+    let run = ctx.op(
+        Some(&cg),
+        "read /proc/self/cgroup",
+        || match std::fs::read_to_string("/proc/self/cgroup") {
             Ok(s) if s.trim() == "0::/environment" => Ok(()),
             Ok(_) => Err(libc::EINVAL),
             Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
-        }
-    });
+        },
+    );
     ctx.expect("child_joins_cgroup", &Outcome::Ok, &run);
 
     for (check, bind) in [
         ("loopback_ipv4", "127.0.0.1:0"),
         ("loopback_ipv6", "[::1]:0"),
     ] {
-        let got = match TcpListener::bind(bind).and_then(|l| l.local_addr()) {
-            Ok(addr) => {
+        let listener = TcpListener::bind(bind);
+        let got = match listener.as_ref().map(TcpListener::local_addr) {
+            Ok(Ok(addr)) => {
                 let addr: SocketAddr = addr;
                 match crate::guest::sys::op_in(None, || connect_op(addr, Proto::Tcp)).outcome {
                     Outcome::Ok => "connected".to_owned(),
                     o => format!("connect {addr}: {o}"),
                 }
             }
+            Ok(Err(e)) => format!("bind {bind}: {e}"),
             Err(e) => format!("bind {bind}: {e}"),
         };
         ctx.check(check, got == "connected", "connected", got, None);
@@ -82,7 +96,13 @@ pub fn vm_provides_bpf_lsm_btf_cgroup2_and_loopback(ctx: &mut Ctx) -> Result<()>
 
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    ctx.check("runner_is_root", euid == 0, "uid 0", format!("uid {euid}"), None);
+    ctx.check(
+        "runner_is_root",
+        euid == 0,
+        "uid 0",
+        format!("uid {euid}"),
+        None,
+    );
     let _ = std::fs::remove_dir(cg.dir());
     Ok(())
 }

@@ -43,12 +43,12 @@ pub fn exec_is_decided_on_the_file_the_kernel_runs(ctx: &mut Ctx) -> Result<()> 
     let eperm = Outcome::EPERM;
     let g = Some(&cg);
 
-    let r = ctx.exec(g, &Exec::path(BUSYBOX, &["true"]));
+    let r = ctx.exec(g, &Exec::path(BUSYBOX, &["busybox", "true"]));
     ctx.expect("allowed_binary_runs", &ok, &r);
     let r = ctx.exec(g, &Exec::path("/bin/true", &["true"]));
     ctx.expect("allowed_binary_runs_via_applet_symlink", &ok, &r);
 
-    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["true"]));
+    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
     ctx.expect("unlisted_binary_denied", &eperm, &r);
 
     let r = ctx.exec(g, &Exec::path(GOOD_SCRIPT, &[GOOD_SCRIPT]));
@@ -56,15 +56,27 @@ pub fn exec_is_decided_on_the_file_the_kernel_runs(ctx: &mut Ctx) -> Result<()> 
     let r = ctx.exec(g, &Exec::path(BAD_INTERP_SCRIPT, &[BAD_INTERP_SCRIPT]));
     ctx.expect("script_with_denied_interpreter_denied", &eperm, &r);
 
-    let r = ctx.exec(g, &Exec::path("./busybox", &["busybox", "true"]).in_dir("/opt/denied"));
+    let r = ctx.exec(
+        g,
+        &Exec::path("./busybox", &["busybox", "true"]).in_dir("/opt/denied"),
+    );
     ctx.expect("relative_path_denied", &eperm, &r);
-    let r = ctx.exec(g, &Exec::path("/opt/allowed/../denied/busybox", &["true"]));
+    let r = ctx.exec(
+        g,
+        &Exec::path("/opt/allowed/../denied/busybox", &["busybox", "true"]),
+    );
     ctx.expect("dotdot_path_denied", &eperm, &r);
-    let r = ctx.exec(g, &Exec::path(LINK_TO_DENIED, &["true"]));
+    let r = ctx.exec(g, &Exec::path(LINK_TO_DENIED, &["busybox", "true"]));
     ctx.expect("symlink_in_allowed_dir_to_denied_binary_denied", &eperm, &r);
-    let r = ctx.exec(g, &Exec::how(How::Fexecve(DENIED_BUSYBOX.into()), &["true"]));
+    let r = ctx.exec(
+        g,
+        &Exec::how(How::Fexecve(DENIED_BUSYBOX.into()), &["busybox", "true"]),
+    );
     ctx.expect("fexecve_of_denied_binary_denied", &eperm, &r);
-    let r = ctx.exec(g, &Exec::how(How::ProcSelfFd(DENIED_BUSYBOX.into()), &["true"]));
+    let r = ctx.exec(
+        g,
+        &Exec::how(How::ProcSelfFd(DENIED_BUSYBOX.into()), &["busybox", "true"]),
+    );
     ctx.expect("proc_self_fd_of_denied_binary_denied", &eperm, &r);
     let r = ctx.exec(
         g,
@@ -73,7 +85,7 @@ pub fn exec_is_decided_on_the_file_the_kernel_runs(ctx: &mut Ctx) -> Result<()> 
                 dir: "/opt/denied".into(),
                 name: "busybox".into(),
             },
-            &["true"],
+            &["busybox", "true"],
         ),
     );
     ctx.expect("execveat_of_denied_binary_denied", &eperm, &r);
@@ -88,11 +100,14 @@ pub fn exec_is_decided_on_the_file_the_kernel_runs(ctx: &mut Ctx) -> Result<()> 
     ctx.expect("dynamic_loader_as_program_denied", &eperm, &r);
 
     let f = Some(&free);
-    let r = ctx.exec(f, &Exec::path(DENIED_BUSYBOX, &["true"]));
+    let r = ctx.exec(f, &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
     ctx.expect("denied_binary_runs_from_ungoverned_cgroup", &ok, &r);
     let r = ctx.exec(f, &Exec::path(BAD_INTERP_SCRIPT, &[BAD_INTERP_SCRIPT]));
     ctx.expect("denied_interpreter_runs_from_ungoverned_cgroup", &ok, &r);
-    let r = ctx.exec(f, &Exec::path("./busybox", &["busybox", "true"]).in_dir("/opt/denied"));
+    let r = ctx.exec(
+        f,
+        &Exec::path("./busybox", &["busybox", "true"]).in_dir("/opt/denied"),
+    );
     ctx.expect("relative_path_runs_from_ungoverned_cgroup", &ok, &r);
 
     ctx.stop_daemon("daemon_stops_on_sigterm");

@@ -33,9 +33,11 @@ pub fn offender_is_killed_and_action_never_happens(ctx: &mut Ctx) -> Result<()> 
     ctx.start_daemon(&dir, "daemon_ready")?;
     let g = Some(&cg);
 
-    let r = ctx.op(g, &format!("open({TARGET}, O_WRONLY|O_TRUNC) + write"), || {
-        write_op(TARGET, O_WRONLY | O_TRUNC, b"tampered\n")
-    });
+    let r = ctx.op(
+        g,
+        &format!("open({TARGET}, O_WRONLY|O_TRUNC) + write"),
+        || write_op(TARGET, O_WRONLY | O_TRUNC, b"tampered\n"),
+    );
     ctx.expect("denied_write_killed_by_sigkill", &Outcome::KILLED, &r);
     let content = fixtures::read(TARGET);
     ctx.check(
@@ -46,12 +48,14 @@ pub fn offender_is_killed_and_action_never_happens(ctx: &mut Ctx) -> Result<()> 
         None,
     );
 
-    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["true"]));
+    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
     ctx.expect("denied_exec_killed_by_sigkill", &Outcome::KILLED, &r);
 
-    let r = ctx.op(g, &format!("open({TARGET}, O_RDONLY)"), || open_op(TARGET, O_RDONLY));
+    let r = ctx.op(g, &format!("open({TARGET}, O_RDONLY)"), || {
+        open_op(TARGET, O_RDONLY)
+    });
     ctx.expect("allowed_read_not_killed", &Outcome::Ok, &r);
-    let r = ctx.exec(g, &Exec::path(BUSYBOX, &["true"]));
+    let r = ctx.exec(g, &Exec::path(BUSYBOX, &["busybox", "true"]));
     ctx.expect("allowed_exec_not_killed", &Outcome::Exited(0), &r);
 
     ctx.stop_daemon("daemon_stops_on_sigterm");

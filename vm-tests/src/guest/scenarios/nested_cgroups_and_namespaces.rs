@@ -2,8 +2,8 @@
 //! daemon was ready), by moving itself into one, or by changing namespaces.
 
 use crate::guest::fixtures::{self, CONNECT_ALLOW_ALL, EXEC_ALLOW_ALL, SECRET};
-use crate::guest::out::Ctx;
-use crate::guest::sys::{self, Cgroup, Outcome, WaitStatus, errno, open_op};
+use crate::guest::out::{Ctx, say};
+use crate::guest::sys::{self, Cgroup, Outcome, WaitStatus, errno, errno_name, open_op};
 use anyhow::Result;
 use std::time::Duration;
 
@@ -46,7 +46,11 @@ pub fn no_escape_through_child_cgroups_or_namespaces(ctx: &mut Ctx) -> Result<()
         &format!("unshare(CLONE_NEWNS|CLONE_NEWPID), fork, open({SECRET}) as pid 1"),
         || in_new_namespaces(libc::CLONE_NEWNS | libc::CLONE_NEWPID),
     );
-    ctx.expect("unshared_mount_and_pid_namespaces_stay_governed", &eperm, &r);
+    ctx.expect(
+        "unshared_mount_and_pid_namespaces_stay_governed",
+        &eperm,
+        &r,
+    );
 
     let r = ctx.op(
         Some(&cg),
@@ -55,24 +59,38 @@ pub fn no_escape_through_child_cgroups_or_namespaces(ctx: &mut Ctx) -> Result<()
             // SAFETY: unshare affects only this child.
             if unsafe {
                 libc::unshare(
-                    libc::CLONE_NEWCGROUP | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET,
+                    libc::CLONE_NEWCGROUP
+                        | libc::CLONE_NEWUTS
+                        | libc::CLONE_NEWIPC
+                        | libc::CLONE_NEWNET,
                 )
             } != 0
             {
+                say(&format!("  unshare failed: {}", errno_name(errno())));
                 return Err(200);
             }
             read_secret()
         },
     );
-    ctx.expect("unshared_cgroup_uts_ipc_net_namespaces_stay_governed", &eperm, &r);
+    ctx.expect(
+        "unshared_cgroup_uts_ipc_net_namespaces_stay_governed",
+        &eperm,
+        &r,
+    );
 
     let escape = format!("{}/escape", cg.dir().display());
     let r = ctx.op(
         Some(&cg),
         &format!("mkdir {escape}, move self into it, open({SECRET})"),
         || {
-            let esc = Cgroup::create(&format!("{}/escape", cg.rel)).map_err(|_| 201)?;
-            sys::join_cgroup(&esc.procs()).map_err(|_| 202)?;
+            let esc = Cgroup::create(&format!("{}/escape", cg.rel)).map_err(|e| {
+                say(&format!("  {e:#}"));
+                201
+            })?;
+            sys::join_cgroup(&esc.procs()).map_err(|e| {
+                say(&format!("  joining {}: {}", esc.rel, errno_name(e)));
+                202
+            })?;
             read_secret()
         },
     );
@@ -89,14 +107,20 @@ fn in_new_namespaces(flags: i32) -> Result<(), i32> {
     // and _exits.
     unsafe {
         if libc::unshare(flags) != 0 {
-            return Err(200 + (errno() & 0x0f));
+            say(&format!("  unshare failed: {}", errno_name(errno())));
+            return Err(200);
         }
         let pid = libc::fork();
         if pid < 0 {
-            return Err(230);
+            say(&format!(
+                "  fork after unshare failed: {}",
+                errno_name(errno())
+            ));
+            return Err(201);
         }
         if pid == 0 {
             if libc::getpid() != 1 {
+                say(&format!("  grandchild is pid {}, not 1", libc::getpid()));
                 libc::_exit(NOT_PID_1);
             }
             let code = match open_op(SECRET, libc::O_RDONLY) {
@@ -109,7 +133,10 @@ fn in_new_namespaces(flags: i32) -> Result<(), i32> {
             WaitStatus::Exited(0) => Ok(()),
             WaitStatus::Exited(c) => Err(c),
             WaitStatus::Signaled(s) => Err(128 + s),
-            WaitStatus::Harness(_) => Err(231),
+            WaitStatus::Harness(m) => {
+                say(&format!("  grandchild: {m}"));
+                Err(202)
+            }
         }
     }
 }

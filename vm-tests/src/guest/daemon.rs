@@ -313,6 +313,11 @@ pub struct CommandOutput {
 
 /// Runs a command to completion (killed after 60 s), capturing its output.
 pub fn run_command(program: &str, args: &[&str]) -> CommandOutput {
+    run_command_as(program, args, None)
+}
+
+/// `run_command`, as user `uid` when given.
+pub fn run_command_as(program: &str, args: &[&str], uid: Option<u32>) -> CommandOutput {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tag = SEQ.fetch_add(1, Ordering::Relaxed);
     let out_path = PathBuf::from(format!("/tmp/cmd-{tag}.out"));
@@ -326,7 +331,11 @@ pub fn run_command(program: &str, args: &[&str]) -> CommandOutput {
             stderr: String::new(),
         };
     };
-    let spawned = Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(uid) = uid {
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+    }
+    let spawned = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

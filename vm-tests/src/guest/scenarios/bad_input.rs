@@ -2,7 +2,7 @@
 //! check` and by the daemon, nothing from it is applied, and the valid profile next to it is
 //! still enforced. A profile with 10,000 file rules loads and its rules hold.
 
-use crate::guest::daemon::{ENFORCERD, run_command};
+use crate::guest::daemon::{ENFORCERD, run_command, run_command_as};
 use crate::guest::fixtures::{self, CONNECT_ALLOW_ALL, EXEC_ALLOW_ALL, SECRET};
 use crate::guest::out::Ctx;
 use crate::guest::sys::{Cgroup, Outcome, open_op};
@@ -153,6 +153,16 @@ pub fn bad_profiles_are_refused_and_valid_ones_still_enforced(ctx: &mut Ctx) -> 
         format!("{}\n{}{}", out.status, out.stdout, out.stderr)
             .trim_end()
             .to_owned(),
+        None,
+    );
+
+    // Without privileges the kernel cannot enforce: exit 3 and a message that says so.
+    let out = run_command_as(ENFORCERD, &["run", "--profiles", dir.to_str().context("path")?, "--allow-unsigned"], Some(65534));
+    ctx.check(
+        "run_as_non_root_exits_3",
+        out.code == Some(3) && out.stderr.contains("enforcerd must run as root (effective uid is 65534)"),
+        "exit 3, stderr: enforcerd must run as root (effective uid is 65534) ...",
+        format!("{}\n{}", out.status, out.stderr.trim_end()),
         None,
     );
 

@@ -27,7 +27,10 @@ fn main() -> anyhow::Result<()> {
     // Unit tests of the pure logic do not need the BPF object: AYA_BUILD_SKIP=1 embeds an empty
     // one, and the daemon then refuses to start with a clear message.
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let skip = matches!(std::env::var("AYA_BUILD_SKIP").as_deref(), Ok("1") | Ok("true"));
+    let skip = matches!(
+        std::env::var("AYA_BUILD_SKIP").as_deref(),
+        Ok("1") | Ok("true")
+    );
     if skip {
         std::fs::write(out_dir.join("lsm-ebpf"), b"")?;
     }

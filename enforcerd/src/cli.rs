@@ -5,12 +5,13 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
+    control,
     daemon::{self, RunOptions},
     exit, paths, profile,
-    trust::{self, TrustPolicy},
+    trust::{self, TrustPolicy, Verifier},
 };
 
 #[derive(Parser, Debug)]
@@ -38,6 +39,54 @@ pub enum Command {
     /// Parse, validate and verify profile files without loading anything; exit 0 only if all
     /// pass. Each problem is printed as FILE:LINE:COLUMN: message.
     Check(CheckArgs),
+    /// Show what the running daemon enforces and how it is doing (root only).
+    Status(StatusArgs),
+    /// Create a minisign-compatible key pair for signing profiles.
+    Keygen(KeygenArgs),
+    /// Sign profile files: writes FILE.sig next to each (minisign-compatible).
+    Sign(SignArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = paths::CONTROL_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (mode 0600).
+    #[arg(long, value_name = "FILE", default_value = "enforcerd.key")]
+    pub secret_key: PathBuf,
+    /// Where to write the public key: copy it into /etc/enforcerd/trusted.d/ on every node.
+    #[arg(long, value_name = "FILE", default_value = "enforcerd.pub")]
+    pub public_key: PathBuf,
+    /// Read the password that encrypts the secret key from this file (first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_password")]
+    pub password_file: Option<PathBuf>,
+    /// Leave the secret key unencrypted (like `minisign -G -W`).
+    #[arg(long)]
+    pub no_password: bool,
+    /// Overwrite existing key files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// The secret key (from `enforcerd keygen` or `minisign -G`).
+    #[arg(long, value_name = "SECRET")]
+    pub key: PathBuf,
+    /// Read the secret key's password from this file (first line); omit for an unencrypted key.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Profile files to sign.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +116,9 @@ pub struct CheckArgs {
     /// Development only: do not require signatures.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Print one JSON object per file: {"file", "ok", "profile", "serial", "sha256", "problems"}.
+    #[arg(long)]
+    pub json: bool,
     /// Profile files to check.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -110,7 +162,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return exit::code(if e.use_stderr() { exit::USAGE } else { exit::SUCCESS });
+            return exit::code(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            });
         }
     };
     tracing_subscriber::fmt()
@@ -125,6 +181,9 @@ pub fn main() -> ExitCode {
     exit::code(match cli.command {
         Command::Run(args) => run(args),
         Command::Check(args) => check(&args),
+        Command::Status(args) => status(&args),
+        Command::Keygen(args) => keygen(&args),
+        Command::Sign(args) => sign(&args),
     })
 }
 
@@ -140,18 +199,77 @@ fn run(args: RunArgs) -> u8 {
         .trusted_keys
         .or(config.trusted_keys)
         .unwrap_or_else(|| paths::TRUSTED_KEYS_DIR.into());
-    daemon::run(RunOptions {
-        profiles_dir: args
-            .profiles
+    daemon::run(RunOptions::new(
+        args.profiles
             .or(config.profiles)
             .unwrap_or_else(|| paths::PROFILES_DIR.into()),
-        audit: args.audit || config.audit,
-        trust: TrustPolicy::new(args.allow_unsigned || config.allow_unsigned, trusted_keys),
-        cgroup_root: paths::CGROUP2_MOUNT.into(),
-    })
+        args.audit || config.audit,
+        TrustPolicy::new(args.allow_unsigned || config.allow_unsigned, trusted_keys),
+    ))
 }
 
-/// Checks every file and reports every problem of every file.
+/// The result of checking one file.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct FileCheck {
+    pub file: String,
+    pub ok: bool,
+    pub profile: Option<String>,
+    pub serial: Option<u64>,
+    pub sha256: Option<String>,
+    pub problems: Vec<String>,
+}
+
+/// Checks every file completely: the signature and the content are checked independently, so
+/// a file with a bad signature and a bad rule reports both.
+pub fn check_files(files: &[PathBuf], policy: &TrustPolicy) -> Vec<FileCheck> {
+    let verifier = Verifier::new(policy);
+    let mut names: std::collections::HashMap<String, PathBuf> = Default::default();
+    files
+        .iter()
+        .map(|file| {
+            let mut c = FileCheck {
+                file: file.display().to_string(),
+                ok: false,
+                profile: None,
+                serial: None,
+                sha256: None,
+                problems: vec![],
+            };
+            let bytes = match std::fs::read(file) {
+                Ok(b) => b,
+                Err(e) => {
+                    c.problems.push(format!("{}: {e}", file.display()));
+                    return c;
+                }
+            };
+            match &verifier {
+                Ok(v) => {
+                    if let Err(d) = v.verify(file, &bytes) {
+                        c.problems.push(d.to_string());
+                    }
+                }
+                Err(d) => c.problems.push(d.to_string()),
+            }
+            match profile::parse(file, &bytes) {
+                Ok(p) => {
+                    if let Some(first) = names.get(&p.name) {
+                        c.problems
+                            .push(profile::duplicate_name(first, &p, &bytes).to_string());
+                    } else {
+                        names.insert(p.name.clone(), file.clone());
+                    }
+                    c.profile = Some(p.name);
+                    c.serial = Some(p.serial);
+                    c.sha256 = Some(p.sha256);
+                }
+                Err(d) => c.problems.push(d.to_string()),
+            }
+            c.ok = c.problems.is_empty();
+            c
+        })
+        .collect()
+}
+
 fn check(args: &CheckArgs) -> u8 {
     let policy = TrustPolicy::new(
         args.allow_unsigned,
@@ -159,27 +277,118 @@ fn check(args: &CheckArgs) -> u8 {
             .clone()
             .unwrap_or_else(|| paths::TRUSTED_KEYS_DIR.into()),
     );
-    let mut failed = 0;
-    let mut names: std::collections::HashMap<String, PathBuf> = Default::default();
-    for file in &args.files {
-        let result = profile::load_file(file).and_then(|p| {
-            trust::verify(&policy, file)?;
-            if let Some(first) = names.get(&p.name) {
-                let bytes = std::fs::read(file).unwrap_or_default();
-                return Err(profile::duplicate_name(first, &p, &bytes));
-            }
-            names.insert(p.name.clone(), file.clone());
-            Ok(p)
-        });
-        match result {
-            Ok(p) => println!("{}: ok (profile {}, serial {}, {})", file.display(), p.name, p.serial, p.sha256),
-            Err(d) => {
-                eprintln!("{d}");
-                failed += 1;
+    let results = check_files(&args.files, &policy);
+    for r in &results {
+        if args.json {
+            println!("{}", serde_json::to_string(r).expect("serializable"));
+        } else if r.ok {
+            println!(
+                "{}: ok (profile {}, serial {}, {})",
+                r.file,
+                r.profile.as_deref().unwrap_or(""),
+                r.serial.unwrap_or(0),
+                r.sha256.as_deref().unwrap_or("")
+            );
+        } else {
+            for p in &r.problems {
+                eprintln!("{p}");
             }
         }
     }
-    if failed > 0 { exit::REFUSED } else { exit::SUCCESS }
+    if results.iter().all(|r| r.ok) {
+        exit::SUCCESS
+    } else {
+        exit::REFUSED
+    }
+}
+
+fn status(args: &StatusArgs) -> u8 {
+    match control::query(&args.socket, &control::Request::Status) {
+        Ok(control::Response::Status(s)) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&s).expect("serializable"));
+            } else {
+                print!("{}", control::render(&s));
+            }
+            exit::SUCCESS
+        }
+        Ok(other) => {
+            eprintln!("enforcerd status: unexpected answer {other:?}");
+            exit::REFUSED
+        }
+        Err(e) => {
+            eprintln!("enforcerd status: {e}");
+            exit::REFUSED
+        }
+    }
+}
+
+/// The first line of a password file.
+fn read_password(file: Option<&Path>) -> Result<Option<String>, String> {
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(Some(text.lines().next().unwrap_or("").to_owned()))
+}
+
+fn keygen(args: &KeygenArgs) -> u8 {
+    let password = match (
+        args.no_password,
+        read_password(args.password_file.as_deref()),
+    ) {
+        (_, Err(e)) => {
+            eprintln!("enforcerd keygen: {e}");
+            return exit::REFUSED;
+        }
+        (true, Ok(_)) => None,
+        (false, Ok(None)) => {
+            eprintln!(
+                "enforcerd keygen: give --password-file FILE to encrypt the secret key, or --no-password"
+            );
+            return exit::USAGE;
+        }
+        (false, Ok(p)) => p,
+    };
+    match trust::keygen(
+        &args.secret_key,
+        &args.public_key,
+        password.as_deref(),
+        args.force,
+    ) {
+        Ok(id) => {
+            println!(
+                "key {id}: secret key {}, public key {} (install it in {})",
+                args.secret_key.display(),
+                args.public_key.display(),
+                paths::TRUSTED_KEYS_DIR
+            );
+            exit::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("enforcerd keygen: {e}");
+            exit::REFUSED
+        }
+    }
+}
+
+fn sign(args: &SignArgs) -> u8 {
+    let password = match read_password(args.password_file.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("enforcerd sign: {e}");
+            return exit::REFUSED;
+        }
+    };
+    let mut code = exit::SUCCESS;
+    for file in &args.files {
+        match trust::sign(&args.key, password.as_deref(), file) {
+            Ok(sig) => println!("{}: signed ({})", file.display(), sig.display()),
+            Err(e) => {
+                eprintln!("enforcerd sign: {}: {e}", file.display());
+                code = exit::REFUSED;
+            }
+        }
+    }
+    code
 }
 
 #[cfg(test)]
@@ -196,15 +405,27 @@ mod tests {
     fn config_keys_parse_and_unknown_keys_are_refused_with_position() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("c.yaml");
-        std::fs::write(&f, "profiles: /p\ntrustedKeys: /k\naudit: true\nallowUnsigned: true\n").unwrap();
+        std::fs::write(
+            &f,
+            "profiles: /p\ntrustedKeys: /k\naudit: true\nallowUnsigned: true\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&f)).unwrap();
         assert_eq!(
             c,
-            Config { profiles: Some("/p".into()), trusted_keys: Some("/k".into()), audit: true, allow_unsigned: true }
+            Config {
+                profiles: Some("/p".into()),
+                trusted_keys: Some("/k".into()),
+                audit: true,
+                allow_unsigned: true
+            }
         );
         std::fs::write(&f, "profiles: /p\nprofile: /q\n").unwrap();
         let e = Config::load(Some(&f)).unwrap_err();
-        assert!(e.starts_with(&format!("{}:2:1: unknown field `profile`", f.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("{}:2:1: unknown field `profile`", f.display())),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,24 +1,32 @@
-//! `enforcerd run`: preflight, profiles -> plan -> kernel, then report decisions until SIGTERM.
+//! `enforcerd run`: preflight, then profiles on disk -> kernel (at start, on SIGHUP and when
+//! the profiles directory changes), decisions -> stdout, status -> control socket, until
+//! SIGTERM. One task owns the loaded BPF object and the enforced state; everything else
+//! (signals, directory changes, socket requests) reaches it through `select!`.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    time::Instant,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
-use enforcerd_common::capacity;
+use enforcerd_common::{counter, hook};
 use futures::StreamExt as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing::{error, info, warn};
 
 use crate::{
-    compile::{self, CompiledProfile},
+    control::{
+        self, DecisionCounts, HookCounters, ProfileStatus, ProgramStatus, ReloadStatus, Request,
+        Response, Status,
+    },
     events::{self, Catalog, ProfileMeta},
     exit,
-    kernel::{Enforcer, btf::Offsets, preflight},
+    kernel::{Enforcer, btf::Offsets, loader::PROGRAMS, preflight},
     paths,
-    profile::{self, Profile},
-    trust::{self, TrustPolicy},
-    workload::{CgroupFs, GovernedCgroup},
+    profile::{self, Diagnostic},
+    reconcile::{Accepted, Enforced},
+    trust::{SerialStore, TrustPolicy, Verifier},
+    workload::CgroupFs,
 };
 
 #[derive(Clone, Debug)]
@@ -28,106 +36,147 @@ pub struct RunOptions {
     pub audit: bool,
     pub trust: TrustPolicy,
     pub cgroup_root: PathBuf,
+    /// Highest applied serial per profile name (rollback protection across restarts).
+    pub serials_file: PathBuf,
+    pub socket: PathBuf,
 }
 
-/// A profile that passed every check, with the cgroups it governs now.
-pub struct Accepted {
-    pub profile: Profile,
-    pub cgroups: Vec<GovernedCgroup>,
-}
-
-/// Everything to write into the kernel, and what reports need to know about it.
-pub struct Plan {
-    pub profiles: Vec<CompiledProfile>,
-    pub cgroups: Vec<(u64, u32)>,
-    pub catalog: HashMap<u32, ProfileMeta>,
-}
-
-/// Reads, verifies, validates and resolves every profile in the directory. Problems are
-/// returned as messages naming the file; they never stop the valid profiles.
-pub fn accept_profiles(opts: &RunOptions, cgroupfs: &CgroupFs) -> (Vec<Accepted>, Vec<String>) {
-    let (profiles, diagnostics) = profile::load_dir(&opts.profiles_dir);
-    let mut problems: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
-    let mut accepted: Vec<Accepted> = Vec::new();
-    let mut owner: HashMap<u64, String> = HashMap::new();
-    for profile in profiles {
-        if let Err(d) = trust::verify(&opts.trust, &profile.source) {
-            problems.push(d.to_string());
-            continue;
+impl RunOptions {
+    /// The production locations for everything but what the command line chooses.
+    pub fn new(profiles_dir: PathBuf, audit: bool, trust: TrustPolicy) -> Self {
+        RunOptions {
+            profiles_dir,
+            audit,
+            trust,
+            cgroup_root: paths::CGROUP2_MOUNT.into(),
+            serials_file: crate::trust::default_serials_path(),
+            socket: paths::CONTROL_SOCKET.into(),
         }
-        let profile = if opts.audit { profile.with_audit() } else { profile };
-        let cgroups = match cgroupfs.resolve(&profile) {
-            Ok(c) => c,
+    }
+}
+
+/// The profiles on disk, checked: what may be applied, and which files were refused why.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub candidates: Vec<Accepted>,
+    pub failed: HashSet<PathBuf>,
+    pub problems: Vec<String>,
+}
+
+impl Scan {
+    fn refuse(&mut self, file: &Path, message: String) {
+        self.failed.insert(file.to_path_buf());
+        self.problems.push(message);
+    }
+}
+
+/// Reads every profile file once; verifies its signature over exactly the bytes read, then
+/// parses those bytes, checks for rollback and duplicate names, and resolves its cgroups.
+/// A problem with one file never stops the others.
+pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Scan {
+    let mut scan = Scan::default();
+    let files = match profile::profile_files(&opts.profiles_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            // Nothing can be validated: every applied profile stays (its file is "failed").
+            scan.problems
+                .push(format!("{}: {e}", opts.profiles_dir.display()));
+            return scan;
+        }
+    };
+    let verifier = match Verifier::new(&opts.trust) {
+        Ok(v) => Some(v),
+        Err(d) => {
+            scan.problems.push(d.to_string());
+            None
+        }
+    };
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let mut owner: HashMap<u64, String> = HashMap::new();
+    for file in files {
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
             Err(e) => {
-                problems.push(format!("{}: profile {}: {e}", profile.source.display(), profile.name));
+                scan.refuse(
+                    &file,
+                    Diagnostic::new(&file, None, e.to_string()).to_string(),
+                );
                 continue;
             }
         };
-        if let Some((c, other)) = cgroups.iter().find_map(|c| owner.get(&c.id).map(|o| (c, o))) {
-            problems.push(format!(
+        let Some(verifier) = &verifier else {
+            scan.failed.insert(file);
+            continue;
+        };
+        if let Err(d) = verifier.verify(&file, &bytes) {
+            scan.refuse(&file, d.to_string());
+            continue;
+        }
+        let profile = match profile::parse(&file, &bytes) {
+            Ok(p) => p,
+            Err(d) => {
+                scan.refuse(&file, d.to_string());
+                continue;
+            }
+        };
+        if let Some(first) = names.get(&profile.name) {
+            scan.refuse(
+                &file,
+                profile::duplicate_name(first, &profile, &bytes).to_string(),
+            );
+            continue;
+        }
+        if let Err(msg) = serials.check(&profile.name, profile.serial) {
+            scan.refuse(&file, format!("{}: {msg}", file.display()));
+            continue;
+        }
+        let profile = if opts.audit {
+            profile.with_audit()
+        } else {
+            profile
+        };
+        let cgroups = match cgroupfs.resolve(&profile) {
+            Ok(c) => c,
+            Err(e) => {
+                scan.refuse(
+                    &file,
+                    format!("{}: profile {}: {e}", file.display(), profile.name),
+                );
+                continue;
+            }
+        };
+        if let Some((c, other)) = cgroups
+            .iter()
+            .find_map(|c| owner.get(&c.id).map(|o| (c, o)))
+        {
+            let msg = format!(
                 "{}: profile {}: cgroup {} is already governed by profile {other}",
-                profile.source.display(),
+                file.display(),
                 profile.name,
                 c.path
-            ));
+            );
+            scan.refuse(&file, msg);
             continue;
         }
         for c in &cgroups {
             owner.insert(c.id, profile.name.clone());
         }
-        accepted.push(Accepted { profile, cgroups });
+        names.insert(profile.name.clone(), file.clone());
+        scan.candidates.push(Accepted { profile, cgroups });
     }
-    (accepted, problems)
+    scan
 }
 
-/// Compiles accepted profiles; profile ids are 1, 2, ... in order. A profile whose entries
-/// would not fit in the kernel maps next to the ones before it is refused (returned as a
-/// problem) rather than half-applied.
-pub fn plan(accepted: &[Accepted]) -> (Plan, Vec<String>) {
-    let mut plan = Plan {
-        profiles: Vec::new(),
-        cgroups: Vec::new(),
-        catalog: HashMap::new(),
-    };
-    let mut problems = Vec::new();
-    let (mut exec, mut files, mut net, mut cgroups) = (0usize, 0usize, 0usize, 0usize);
-    for a in accepted {
-        let id = u32::try_from(plan.profiles.len() + 1).expect("fewer than 2^32 profiles");
-        let compiled = compile::compile(id, &a.profile);
-        let over = [
-            ("exec", exec + compiled.exec_rules.len(), capacity::EXEC_RULES),
-            ("file", files + compiled.file_rules.len(), capacity::FILE_RULES),
-            ("connect", net + compiled.net_rules.len(), capacity::NET_RULES),
-            ("cgroup", cgroups + a.cgroups.len(), capacity::CGROUP_PROFILES),
-        ]
-        .into_iter()
-        .find(|(_, total, cap)| *total > *cap as usize);
-        if let Some((kind, total, cap)) = over {
-            problems.push(format!(
-                "{}: profile {}: {kind} map entries would total {total}, more than the kernel map holds ({cap})",
-                a.profile.source.display(),
-                a.profile.name
-            ));
-            continue;
-        }
-        exec += compiled.exec_rules.len();
-        files += compiled.file_rules.len();
-        net += compiled.net_rules.len();
-        cgroups += a.cgroups.len();
-        plan.profiles.push(compiled);
-        plan.cgroups.extend(a.cgroups.iter().map(|c| (c.id, id)));
-        plan.catalog.insert(
-            id,
-            ProfileMeta {
-                name: a.profile.name.clone(),
-                serial: a.profile.serial,
-                sha256: a.profile.sha256.clone(),
-                mode: a.profile.mode.as_str(),
-                cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
-            },
-        );
-    }
-    (plan, problems)
+struct Daemon {
+    opts: RunOptions,
+    cgroupfs: CgroupFs,
+    serials: SerialStore,
+    enforcer: Enforcer,
+    enforced: Enforced,
+    catalog: Arc<Mutex<Catalog>>,
+    started: String,
+    kernel: String,
+    last_reload: Option<ReloadStatus>,
 }
 
 pub fn run(opts: RunOptions) -> u8 {
@@ -153,124 +202,365 @@ pub fn run(opts: RunOptions) -> u8 {
         }
     };
     if !opts.profiles_dir.is_dir() {
-        error!("profiles directory {} does not exist", opts.profiles_dir.display());
+        error!(
+            "profiles directory {} does not exist",
+            opts.profiles_dir.display()
+        );
         return exit::REFUSED;
     }
-    if opts.trust == TrustPolicy::AllowUnsigned {
-        warn!("--allow-unsigned: applying profiles WITHOUT signature verification (development only)");
-    }
-
-    let (mut accepted, mut problems) = accept_profiles(&opts, &cgroupfs);
-    let (plan, too_big) = plan(&accepted);
-    accepted.retain(|a| plan.catalog.values().any(|m| m.name == a.profile.name));
-    problems.extend(too_big);
-    for p in &problems {
-        error!("refused {p}");
-    }
-
-    let mut enforcer = match Enforcer::load(&offsets) {
+    let serials = match SerialStore::open(&opts.serials_file) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return exit::REFUSED;
+        }
+    };
+    let enforcer = match Enforcer::load(&offsets) {
         Ok(e) => e,
         Err(e) => {
             error!("{e}");
             return exit::CANNOT_ENFORCE;
         }
     };
-    if let Err(e) = enforcer.apply(&plan.profiles, &plan.cgroups) {
-        error!("{e}");
-        return exit::REFUSED;
-    }
-    if let Err(e) = enforcer.attach() {
+    let catalog = Catalog {
+        cgroupfs: Some(CgroupFs {
+            root: cgroupfs.root.clone(),
+        }),
+        ..Catalog::default()
+    };
+    let mut daemon = Daemon {
+        opts,
+        cgroupfs,
+        serials,
+        enforcer,
+        enforced: Enforced::default(),
+        catalog: Arc::new(Mutex::new(catalog)),
+        started: now_rfc3339(),
+        kernel: kernel_release(),
+        last_reload: None,
+    };
+    // The first reload fills the maps before the programs are attached, so their first
+    // decision already sees every rule.
+    daemon.reload("start");
+    if let Err(e) = daemon.enforcer.attach() {
         error!("{e}");
         return exit::CANNOT_ENFORCE;
     }
-    for p in &enforcer.programs {
+    for p in &daemon.enforcer.programs {
         info!(
             program = p.name,
             verified_instructions = p.verified_instructions,
             "attached"
         );
     }
-    for a in &accepted {
-        let cgroups: Vec<&str> = a.cgroups.iter().map(|c| c.path.as_str()).collect();
-        info!(
-            "enforcing profile {} (serial {}, {}, {}) on {}",
-            a.profile.name,
-            a.profile.serial,
-            a.profile.mode.as_str(),
-            a.profile.sha256,
-            cgroups.join(", ")
-        );
-    }
-    info!(
-        "enforcing {} profile(s) on {} cgroup(s), {} refused; ready in {} ms",
-        accepted.len(),
-        plan.cgroups.len(),
-        problems.len(),
-        started.elapsed().as_millis()
-    );
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-
-    let catalog = Catalog {
-        profiles: plan.catalog,
-        cgroups: accepted
-            .iter()
-            .flat_map(|a| a.cgroups.iter().map(|c| (c.id, c.path.clone())))
-            .collect(),
-        cgroupfs: Some(cgroupfs),
-    };
-    let code = serve(&mut enforcer, catalog);
-    drop(enforcer);
-    info!("programs detached; exiting");
-    code
+    info!("enforcing; ready in {} ms", started.elapsed().as_millis());
+    daemon.serve()
 }
 
-/// Forwards decisions to stdout until SIGTERM or SIGINT.
-fn serve(enforcer: &mut Enforcer, catalog: Catalog) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            error!("cannot start the runtime: {e}");
-            return exit::CANNOT_ENFORCE;
+impl Daemon {
+    /// Brings the kernel to the profiles on disk. Never leaves a governed cgroup ungoverned
+    /// or half-updated (see `reconcile`).
+    fn reload(&mut self, trigger: &str) {
+        let t0 = Instant::now();
+        if self.opts.trust == TrustPolicy::AllowUnsigned {
+            warn!(
+                "--allow-unsigned: applying profiles WITHOUT signature verification (development only)"
+            );
         }
-    };
-    let Some(ring) = enforcer.take_events() else {
-        error!("the BPF object has no decision ring buffer");
-        return exit::CANNOT_ENFORCE;
-    };
-    runtime.block_on(async move {
-        let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot install signal handlers: {e}");
-                return exit::CANNOT_ENFORCE;
-            }
-        };
-        let reader = tokio::spawn(events::forward(ring, catalog, std::io::stdout()));
-        tokio::pin!(reader);
-        loop {
-            tokio::select! {
-                signal = signals.next() => match signal {
-                    Some(SIGHUP) => warn!("SIGHUP: live reload is not supported by this version; restart enforcerd to apply profile changes"),
-                    Some(s) => {
-                        info!("signal {s}: detaching");
-                        return exit::SUCCESS;
-                    }
-                    None => return exit::SUCCESS,
-                },
-                result = &mut reader => {
-                    error!("decision reader stopped: {result:?}");
-                    return exit::CANNOT_ENFORCE;
+        let scan = scan(&self.opts, &self.cgroupfs, &self.serials);
+        let mut out = self.enforced.reconcile(
+            &mut self.enforcer,
+            scan.candidates,
+            &scan.failed,
+            scan.problems,
+        );
+        let applied: Vec<(String, u64)> = self
+            .enforced
+            .profiles()
+            .filter(|a| {
+                out.added.contains(&a.profile.name) || out.replaced.contains(&a.profile.name)
+            })
+            .map(|a| (a.profile.name.clone(), a.profile.serial))
+            .collect();
+        if let Err(e) = self.serials.record(&applied) {
+            out.problems.push(format!("recording applied serials: {e}"));
+        }
+        {
+            let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            for a in self.enforced.profiles() {
+                catalog.profiles.insert(
+                    a.id(),
+                    ProfileMeta {
+                        name: a.profile.name.clone(),
+                        serial: a.profile.serial,
+                        sha256: a.profile.sha256.clone(),
+                        mode: a.profile.mode.as_str(),
+                        cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
+                    },
+                );
+                for c in &a.cgroups {
+                    catalog.cgroups.insert(c.id, c.path.clone());
                 }
             }
         }
-    })
+        for p in &out.problems {
+            error!("refused {p}");
+        }
+        for k in &out.kept {
+            warn!("profile {k}: its file was refused; the previous version stays in force");
+        }
+        for a in self.enforced.profiles() {
+            if out.added.contains(&a.profile.name) || out.replaced.contains(&a.profile.name) {
+                let cgroups: Vec<&str> = a.cgroups.iter().map(|c| c.path.as_str()).collect();
+                info!(
+                    "enforcing profile {} (serial {}, {}, {}) on {}",
+                    a.profile.name,
+                    a.profile.serial,
+                    a.profile.mode.as_str(),
+                    a.profile.sha256,
+                    cgroups.join(", ")
+                );
+            }
+        }
+        for r in &out.removed {
+            info!("profile {r} removed: its file is gone");
+        }
+        let took = t0.elapsed();
+        info!(
+            "reload ({trigger}) in {} ms: {} added, {} replaced, {} removed, {} unchanged, {} refused",
+            took.as_millis(),
+            out.added.len(),
+            out.replaced.len(),
+            out.removed.len(),
+            out.unchanged.len(),
+            out.problems.len()
+        );
+        self.last_reload = Some(ReloadStatus {
+            at: now_rfc3339(),
+            trigger: trigger.into(),
+            duration_ms: took.as_millis() as u64,
+            ok: out.problems.is_empty(),
+            added: out.added,
+            replaced: out.replaced,
+            removed: out.removed,
+            unchanged: out.unchanged,
+            kept: out.kept,
+            problems: out.problems,
+        });
+    }
+
+    fn status(&self) -> Status {
+        let catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let hooks = [
+            (hook::EXEC, "exec"),
+            (hook::FILE, "file"),
+            (hook::CONNECT, "connect"),
+        ]
+        .into_iter()
+        .map(|(h, name)| HookCounters {
+            hook: name.into(),
+            allowed: self.enforcer.counter(h, counter::ALLOWED),
+            denied: self.enforcer.counter(h, counter::DENIED),
+            killed: self.enforcer.counter(h, counter::KILLED),
+            audited: self.enforcer.counter(h, counter::AUDITED),
+            dropped: self.enforcer.counter(h, counter::DROPPED),
+        })
+        .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: self.started.clone(),
+            kernel: self.kernel.clone(),
+            programs: self
+                .enforcer
+                .programs
+                .iter()
+                .map(|p| ProgramStatus {
+                    name: p.name.into(),
+                    hook: PROGRAMS
+                        .iter()
+                        .find(|(n, _)| *n == p.name)
+                        .map_or("", |(_, h)| h)
+                        .into(),
+                    attached: self.enforcer.attached(),
+                    verified_instructions: p.verified_instructions,
+                })
+                .collect(),
+            profiles_dir: self.opts.profiles_dir.display().to_string(),
+            unsigned_allowed: self.opts.trust == TrustPolicy::AllowUnsigned,
+            audit_all: self.opts.audit,
+            last_reload: self.last_reload.clone(),
+            profiles: self
+                .enforced
+                .profiles()
+                .map(|a| ProfileStatus {
+                    name: a.profile.name.clone(),
+                    serial: a.profile.serial,
+                    sha256: a.profile.sha256.clone(),
+                    mode: a.profile.mode.as_str().into(),
+                    on_violation: a.profile.on_violation.as_str().into(),
+                    source: a.profile.source.display().to_string(),
+                    cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
+                    decisions: catalog
+                        .decisions
+                        .get(&a.profile.name)
+                        .copied()
+                        .unwrap_or(DecisionCounts::default()),
+                })
+                .collect(),
+            hooks,
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT; returns the exit code.
+    fn serve(mut self) -> u8 {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!("cannot start the runtime: {e}");
+                return exit::CANNOT_ENFORCE;
+            }
+        };
+        let Some(ring) = self.enforcer.take_events() else {
+            error!("the BPF object has no decision ring buffer");
+            return exit::CANNOT_ENFORCE;
+        };
+        let code = runtime.block_on(async {
+            let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("cannot install signal handlers: {e}");
+                    return exit::CANNOT_ENFORCE;
+                }
+            };
+            let listener = match control::bind(&self.opts.socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(
+                        "cannot create the control socket {}: {e}",
+                        self.opts.socket.display()
+                    );
+                    return exit::CANNOT_ENFORCE;
+                }
+            };
+            let mut changes = match watch(&self.opts.profiles_dir) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(
+                        "cannot watch {} ({e}); reload with SIGHUP",
+                        self.opts.profiles_dir.display()
+                    );
+                    None
+                }
+            };
+            let reader = tokio::spawn(events::forward(
+                ring,
+                self.catalog.clone(),
+                std::io::stdout(),
+            ));
+            tokio::pin!(reader);
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            loop {
+                tokio::select! {
+                    signal = signals.next() => match signal {
+                        Some(SIGHUP) => self.reload("SIGHUP"),
+                        Some(s) => {
+                            info!("signal {s}: detaching");
+                            return exit::SUCCESS;
+                        }
+                        None => return exit::SUCCESS,
+                    },
+                    Some(_) = next_change(&mut changes) => {
+                        settle(changes.as_mut()).await;
+                        self.reload("profiles directory changed");
+                    }
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            control::serve_one(stream, |request| match request {
+                                Request::Status => Response::Status(Box::new(self.status())),
+                            })
+                            .await;
+                        }
+                    }
+                    result = &mut reader => {
+                        error!("decision reader stopped: {result:?}");
+                        return exit::CANNOT_ENFORCE;
+                    }
+                }
+            }
+        });
+        let _ = std::fs::remove_file(&self.opts.socket);
+        drop(self.enforcer);
+        info!("programs detached; exiting");
+        code
+    }
+}
+
+type Changes = inotify::EventStream<Vec<u8>>;
+
+/// Events about files appearing, changing or leaving the profiles directory.
+fn watch(dir: &Path) -> std::io::Result<Changes> {
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init()?;
+    inotify.watches().add(
+        dir,
+        WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::CREATE
+            | WatchMask::ATTRIB,
+    )?;
+    inotify.into_event_stream(vec![0u8; 4096])
+}
+
+async fn next_change(changes: &mut Option<Changes>) -> Option<()> {
+    match changes {
+        Some(s) => s.next().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Debounce: an editor or `cp` writes a profile and its signature as several events; wait
+/// until the directory has been quiet for 100 ms (at most 1 s) before reloading once.
+async fn settle(changes: Option<&mut Changes>) {
+    let Some(changes) = changes else { return };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(_)) = tokio::time::timeout_at(
+        deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+        changes.next(),
+    )
+    .await
+    {}
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const PROFILE: &str = "apiVersion: enforcerd/v1\nkind: Profile\nmetadata: {name: NAME, serial: 1}\nspec:\n  selector: {cgroup: CGROUP}\n  files:\n    default: allow\n    rules:\n      - {path: /etc/shadow, access: [read], action: deny}\n";
+    const PROFILE: &str = "apiVersion: enforcerd/v1\nkind: Profile\nmetadata: {name: NAME, serial: SERIAL}\nspec:\n  selector: {cgroup: CGROUP}\n  files:\n    default: allow\n    rules:\n      - {path: /etc/shadow, access: [read], action: deny}\n";
+
+    fn profile_text(name: &str, cgroup: &str, serial: u64) -> String {
+        PROFILE
+            .replace("NAME", name)
+            .replace("CGROUP", cgroup)
+            .replace("SERIAL", &serial.to_string())
+    }
 
     fn setup(files: &[(&str, &str, &str)]) -> (tempfile::TempDir, RunOptions, CgroupFs) {
         let d = tempfile::tempdir().unwrap();
@@ -280,16 +570,24 @@ mod tests {
         std::fs::create_dir_all(cgroups.join("web")).unwrap();
         std::fs::create_dir_all(cgroups.join("db")).unwrap();
         for (file, name, cgroup) in files {
-            let text = PROFILE.replace("NAME", name).replace("CGROUP", cgroup);
-            std::fs::write(profiles.join(file), text).unwrap();
+            std::fs::write(profiles.join(file), profile_text(name, cgroup, 1)).unwrap();
         }
         let opts = RunOptions {
             profiles_dir: profiles,
             audit: false,
             trust: TrustPolicy::AllowUnsigned,
             cgroup_root: cgroups.clone(),
+            serials_file: d.path().join("state/serials.json"),
+            socket: d.path().join("run/enforcerd.sock"),
         };
         (d, opts, CgroupFs { root: cgroups })
+    }
+
+    fn names(scan: &Scan) -> Vec<&str> {
+        scan.candidates
+            .iter()
+            .map(|a| a.profile.name.as_str())
+            .collect()
     }
 
     #[test]
@@ -300,36 +598,83 @@ mod tests {
             ("c.yaml", "other", "/web"),
             ("d.yaml", "db2", "/db"),
         ]);
-        std::fs::write(opts.profiles_dir.join("e.yaml"), "apiVersion: enforcerd/v1\nkind: Nope\n").unwrap();
-        let (accepted, problems) = accept_profiles(&opts, &fs);
-        let names: Vec<&str> = accepted.iter().map(|a| a.profile.name.as_str()).collect();
-        assert_eq!(names, ["web", "db2"]);
-        assert_eq!(problems.len(), 3, "{problems:#?}");
-        assert!(problems.iter().any(|p| p.contains("b.yaml: profile db: cgroup /absent does not exist")), "{problems:#?}");
-        assert!(problems.iter().any(|p| p.contains("c.yaml: profile other: cgroup /web is already governed by profile web")), "{problems:#?}");
-        assert!(problems.iter().any(|p| p.contains("e.yaml:2:")), "{problems:#?}");
+        std::fs::write(
+            opts.profiles_dir.join("e.yaml"),
+            "apiVersion: enforcerd/v1\nkind: Nope\n",
+        )
+        .unwrap();
+        let s = scan(&opts, &fs, &SerialStore::open(&opts.serials_file).unwrap());
+        assert_eq!(names(&s), ["web", "db2"]);
+        let p = &s.problems;
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p.iter()
+                .any(|p| p.contains("b.yaml: profile db: cgroup /absent does not exist")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter().any(|p| p
+                .contains("c.yaml: profile other: cgroup /web is already governed by profile web")),
+            "{p:#?}"
+        );
+        assert!(p.iter().any(|p| p.contains("e.yaml:2:")), "{p:#?}");
+        let failed: HashSet<PathBuf> = ["b.yaml", "c.yaml", "e.yaml"]
+            .iter()
+            .map(|f| opts.profiles_dir.join(f))
+            .collect();
+        assert_eq!(s.failed, failed);
     }
 
     #[test]
-    fn plan_numbers_profiles_from_one_and_maps_their_cgroups() {
-        let (_d, opts, fs) = setup(&[("a.yaml", "web", "/web"), ("b.yaml", "db", "/db")]);
-        let (accepted, _) = accept_profiles(&RunOptions { audit: true, ..opts }, &fs);
-        let (plan, problems) = plan(&accepted);
-        assert!(problems.is_empty());
-        assert_eq!(plan.profiles.iter().map(|p| p.id).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(plan.cgroups, vec![(accepted[0].cgroups[0].id, 1), (accepted[1].cgroups[0].id, 2)]);
-        // --audit reaches the kernel settings and the reports.
-        assert!(plan.profiles.iter().all(|p| p.config.mode == enforcerd_common::mode::AUDIT));
-        assert_eq!(plan.catalog[&1].mode, "audit");
-        assert_eq!(plan.catalog[&2].name, "db");
+    fn rolled_back_serials_are_refused() {
+        let (_d, opts, fs) = setup(&[]);
+        std::fs::write(
+            opts.profiles_dir.join("web.yaml"),
+            profile_text("web", "/web", 2),
+        )
+        .unwrap();
+        let mut serials = SerialStore::open(&opts.serials_file).unwrap();
+        serials.record(&[("web".into(), 5)]).unwrap();
+        let s = scan(&opts, &fs, &serials);
+        assert!(s.candidates.is_empty());
+        assert_eq!(
+            s.problems,
+            [format!(
+                "{}: rolled back: serial 2 is lower than serial 5 already applied for profile web",
+                opts.profiles_dir.join("web.yaml").display()
+            )]
+        );
+    }
+
+    #[test]
+    fn audit_flag_reaches_every_profile() {
+        let (_d, opts, fs) = setup(&[("a.yaml", "web", "/web")]);
+        let s = scan(
+            &RunOptions {
+                audit: true,
+                ..opts.clone()
+            },
+            &fs,
+            &SerialStore::open(&opts.serials_file).unwrap(),
+        );
+        assert_eq!(s.candidates[0].profile.mode, crate::profile::Mode::Audit);
     }
 
     #[test]
     fn unsigned_profiles_are_refused_without_allow_unsigned() {
-        let (_d, opts, fs) = setup(&[("a.yaml", "web", "/web")]);
-        let opts = RunOptions { trust: TrustPolicy::new(false, "/k".into()), ..opts };
-        let (accepted, problems) = accept_profiles(&opts, &fs);
-        assert!(accepted.is_empty());
-        assert!(problems[0].contains("a.yaml: refused: "), "{problems:?}");
+        let (d, opts, fs) = setup(&[("a.yaml", "web", "/web")]);
+        let keys = d.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let opts = RunOptions {
+            trust: TrustPolicy::new(false, keys),
+            ..opts
+        };
+        let s = scan(&opts, &fs, &SerialStore::open(&opts.serials_file).unwrap());
+        assert!(s.candidates.is_empty());
+        assert!(
+            s.problems[0].contains("missing signature"),
+            "{:?}",
+            s.problems
+        );
     }
 }

@@ -10,7 +10,7 @@ use enforcerd_common::{EVENT_PATH_BYTES, Event, access, decision, family, hook, 
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::workload::CgroupFs;
+use crate::{control::DecisionCounts, workload::CgroupFs};
 
 /// What reports say about a loaded profile.
 #[derive(Clone, Debug)]
@@ -23,15 +23,30 @@ pub struct ProfileMeta {
     pub cgroups: Vec<String>,
 }
 
-/// Everything needed to turn a kernel record into a decision a person can act on.
+/// Everything needed to turn a kernel record into a decision a person can act on. Shared
+/// between the daemon (which updates it at every reload) and the decision reader.
+#[derive(Default)]
 pub struct Catalog {
+    /// By profile id. Ids of replaced versions stay, for records still in flight.
     pub profiles: HashMap<u32, ProfileMeta>,
     /// Cgroup id -> path, learned at load and on demand.
     pub cgroups: HashMap<u64, String>,
     pub cgroupfs: Option<CgroupFs>,
+    /// Non-allow decisions reported per profile name.
+    pub decisions: HashMap<String, DecisionCounts>,
 }
 
 impl Catalog {
+    fn count(&mut self, d: &Decision) {
+        let c = self.decisions.entry(d.profile.clone()).or_default();
+        match d.decision {
+            "deny" => c.deny += 1,
+            "kill" => c.kill += 1,
+            "audit" => c.audit += 1,
+            _ => {}
+        }
+    }
+
     fn cgroup_path(&mut self, id: u64, profile_id: u32) -> Option<String> {
         if let Some(p) = self.cgroups.get(&id) {
             return Some(p.clone());
@@ -86,7 +101,10 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 
 /// The kernel's boot-time clock, to date records (`bpf_ktime_get_boot_ns`).
 pub fn boot_ns_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -97,7 +115,10 @@ pub fn wall_time(boot_ns: u64, now_boot_ns: u64, now_unix_ns: i128) -> String {
     let at = now_unix_ns - i128::from(now_boot_ns.saturating_sub(boot_ns));
     time::OffsetDateTime::from_unix_timestamp_nanos(at)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -127,7 +148,9 @@ pub fn describe(e: &Event, catalog: &mut Catalog, ts: String, exe: Option<String
             reason::READ_FAILED => "read-failed",
             _ => "unknown",
         },
-        profile: meta.as_ref().map_or_else(|| format!("#{}", e.profile_id), |m| m.name.clone()),
+        profile: meta
+            .as_ref()
+            .map_or_else(|| format!("#{}", e.profile_id), |m| m.name.clone()),
         serial: meta.as_ref().map_or(0, |m| m.serial),
         sha256: meta.as_ref().map_or_else(String::new, |m| m.sha256.clone()),
         mode: meta.as_ref().map_or("unknown", |m| m.mode),
@@ -187,7 +210,7 @@ pub fn exe_of(pid: u32) -> Option<String> {
 /// Reads decision records until the ring buffer fails, writing one JSON line each to `out`.
 pub async fn forward(
     ring: RingBuf<MapData>,
-    mut catalog: Catalog,
+    catalog: std::sync::Arc<std::sync::Mutex<Catalog>>,
     mut out: impl Write,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, until dropped, and
@@ -202,7 +225,13 @@ pub async fn forward(
             drop(item);
             let now_unix = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
             let ts = wall_time(event.boot_ns, boot_ns_now(), now_unix);
-            let decision = describe(&event, &mut catalog, ts, exe_of(event.pid));
+            let exe = exe_of(event.pid);
+            let decision = {
+                let mut catalog = catalog.lock().unwrap_or_else(|e| e.into_inner());
+                let d = describe(&event, &mut catalog, ts, exe);
+                catalog.count(&d);
+                d
+            };
             serde_json::to_writer(&mut out, &decision)?;
             out.write_all(b"\n")?;
         }
@@ -243,7 +272,11 @@ mod tests {
                 cgroups: vec!["/web".into()],
             },
         );
-        Catalog { profiles, cgroups: HashMap::from([(99, "/web".into())]), cgroupfs: None }
+        Catalog {
+            profiles,
+            cgroups: HashMap::from([(99, "/web".into())]),
+            ..Catalog::default()
+        }
     }
 
     #[test]
@@ -274,7 +307,10 @@ mod tests {
         e.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
         e.port = 53;
         let d = describe(&e, &mut catalog(), "t".into(), None);
-        assert_eq!((d.target.as_str(), d.protocol, d.access), ("10.1.2.3:53", Some("udp"), None));
+        assert_eq!(
+            (d.target.as_str(), d.protocol, d.access),
+            ("10.1.2.3:53", Some("udp"), None)
+        );
         e.family = family::IPV6;
         e.addr = Ipv6Addr::LOCALHOST.octets();
         e.protocol = protocol::TCP;
@@ -293,7 +329,10 @@ mod tests {
         let d = describe(&e, &mut catalog(), "t".into(), None);
         assert_eq!(d.target.len(), EVENT_PATH_BYTES);
         assert_eq!(d.target_truncated, Some(true));
-        assert_eq!((d.profile.as_str(), d.decision, d.hook), ("#8", "kill", "exec"));
+        assert_eq!(
+            (d.profile.as_str(), d.decision, d.hook),
+            ("#8", "kill", "exec")
+        );
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! kernel decisions --[`events`]--> JSON lines. [`daemon`] wires it; [`cli`] is the shell.
 pub mod cli;
 pub mod compile;
+pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod exit;
 pub mod kernel;
 pub mod paths;
 pub mod profile;
+pub mod reconcile;
 pub mod trust;
 pub mod workload;

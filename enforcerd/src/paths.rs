@@ -8,6 +8,8 @@ pub const PROFILES_DIR: &str = "/etc/enforcerd/profiles.d";
 pub const TRUSTED_KEYS_DIR: &str = "/etc/enforcerd/trusted.d";
 /// Runtime directory (control socket).
 pub const RUN_DIR: &str = "/run/enforcerd";
+/// The control socket of the running daemon (root only).
+pub const CONTROL_SOCKET: &str = "/run/enforcerd/enforcerd.sock";
 /// Persistent state (highest applied serials).
 pub const STATE_DIR: &str = "/var/lib/enforcerd";
 /// Where BPF programs, links and maps are pinned.

@@ -25,9 +25,19 @@ pub enum WorkloadError {
     #[error("{0} is not a cgroup v2 filesystem (enforcerd needs the unified hierarchy)")]
     NotCgroup2(String),
     #[error("cgroup {cgroup} does not exist ({dir}: {error})")]
-    MissingCgroup { cgroup: String, dir: String, error: String },
-    #[error("cgroup {cgroup} is {levels} levels deep; the kernel programs look {max} levels deep at most")]
-    TooDeep { cgroup: String, levels: usize, max: usize },
+    MissingCgroup {
+        cgroup: String,
+        dir: String,
+        error: String,
+    },
+    #[error(
+        "cgroup {cgroup} is {levels} levels deep; the kernel programs look {max} levels deep at most"
+    )]
+    TooDeep {
+        cgroup: String,
+        levels: usize,
+        max: usize,
+    },
     #[error("no cgroup named {0} exists yet: start the unit, then reload enforcerd")]
     NoUnitCgroup(String),
     #[error("kubernetes selectors are not supported by this version of enforcerd")]
@@ -102,7 +112,9 @@ impl CgroupFs {
         let mut found = Vec::new();
         let mut stack = vec![(self.root.clone(), String::new(), 0usize)];
         while let Some((dir, rel, depth)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
@@ -124,14 +136,23 @@ impl CgroupFs {
     /// Path below the mount of the cgroup with id `id`, searching below `under` (a known
     /// governed cgroup) first, then the whole hierarchy. For reports only.
     pub fn path_of(&self, id: u64, under: &[&str]) -> Option<String> {
-        let starts = under.iter().map(|u| u.to_string()).chain(std::iter::once(String::new()));
+        let starts = under
+            .iter()
+            .map(|u| u.to_string())
+            .chain(std::iter::once(String::new()));
         for start in starts {
-            let mut stack = vec![(self.root.join(start.trim_start_matches('/')), start.clone(), 0usize)];
+            let mut stack = vec![(
+                self.root.join(start.trim_start_matches('/')),
+                start.clone(),
+                0usize,
+            )];
             while let Some((dir, rel, depth)) = stack.pop() {
                 if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
                     return Some(if rel.is_empty() { "/".into() } else { rel });
                 }
-                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
                 for e in entries.flatten() {
                     if e.file_type().is_ok_and(|t| t.is_dir()) && depth < MAX_CGROUP_LEVELS {
                         let child = format!("{rel}/{}", e.file_name().to_string_lossy());
@@ -152,10 +173,16 @@ mod tests {
     // directories and inode numbers.
     fn tree() -> (tempfile::TempDir, CgroupFs) {
         let d = tempfile::tempdir().unwrap();
-        for p in ["system.slice/nginx.service", "system.slice/cron.service/sub", "user.slice/nginx.service"] {
+        for p in [
+            "system.slice/nginx.service",
+            "system.slice/cron.service/sub",
+            "user.slice/nginx.service",
+        ] {
             std::fs::create_dir_all(d.path().join(p)).unwrap();
         }
-        let fs = CgroupFs { root: d.path().into() };
+        let fs = CgroupFs {
+            root: d.path().into(),
+        };
         (d, fs)
     }
 
@@ -163,23 +190,47 @@ mod tests {
     fn cgroup_id_is_the_directory_inode() {
         let (d, fs) = tree();
         let g = fs.cgroup("/system.slice/nginx.service").unwrap();
-        let ino = std::fs::metadata(d.path().join("system.slice/nginx.service")).unwrap().ino();
-        assert_eq!(g, GovernedCgroup { path: "/system.slice/nginx.service".into(), id: ino });
+        let ino = std::fs::metadata(d.path().join("system.slice/nginx.service"))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            g,
+            GovernedCgroup {
+                path: "/system.slice/nginx.service".into(),
+                id: ino
+            }
+        );
     }
 
     #[test]
     fn missing_cgroup_names_the_cgroup_and_the_directory() {
         let (d, fs) = tree();
-        let e = fs.cgroup("/system.slice/absent.service").unwrap_err().to_string();
-        assert!(e.starts_with("cgroup /system.slice/absent.service does not exist ("), "{e}");
-        assert!(e.contains(&d.path().join("system.slice/absent.service").display().to_string()));
+        let e = fs
+            .cgroup("/system.slice/absent.service")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cgroup /system.slice/absent.service does not exist ("),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                &d.path()
+                    .join("system.slice/absent.service")
+                    .display()
+                    .to_string()
+            )
+        );
     }
 
     #[test]
     fn too_deep_is_refused() {
         let (_d, fs) = tree();
         let deep = "/a".repeat(MAX_CGROUP_LEVELS);
-        assert!(matches!(fs.cgroup(&deep), Err(WorkloadError::TooDeep { .. })));
+        assert!(matches!(
+            fs.cgroup(&deep),
+            Err(WorkloadError::TooDeep { .. })
+        ));
     }
 
     #[test]
@@ -187,7 +238,10 @@ mod tests {
         let (_d, fs) = tree();
         assert_eq!(
             fs.find_named("nginx.service"),
-            vec!["/system.slice/nginx.service".to_string(), "/user.slice/nginx.service".to_string()]
+            vec![
+                "/system.slice/nginx.service".to_string(),
+                "/user.slice/nginx.service".to_string()
+            ]
         );
         assert!(fs.find_named("absent.service").is_empty());
     }
@@ -195,14 +249,22 @@ mod tests {
     #[test]
     fn path_of_finds_a_child_cgroup_by_id() {
         let (d, fs) = tree();
-        let ino = std::fs::metadata(d.path().join("system.slice/cron.service/sub")).unwrap().ino();
-        assert_eq!(fs.path_of(ino, &["/system.slice/cron.service"]).as_deref(), Some("/system.slice/cron.service/sub"));
+        let ino = std::fs::metadata(d.path().join("system.slice/cron.service/sub"))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            fs.path_of(ino, &["/system.slice/cron.service"]).as_deref(),
+            Some("/system.slice/cron.service/sub")
+        );
         assert_eq!(fs.path_of(1, &[]), None);
     }
 
     #[test]
     fn open_refuses_a_non_cgroup2_directory() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(CgroupFs::open(d.path()), Err(WorkloadError::NotCgroup2(_))));
+        assert!(matches!(
+            CgroupFs::open(d.path()),
+            Err(WorkloadError::NotCgroup2(_))
+        ));
     }
 }

@@ -2,8 +2,8 @@
 //! value (deny, kill, audit), counting, and writing decision records.
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
-    bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_send_signal,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_send_signal,
 };
 use enforcerd_common::{
     EVENT_PATH_BYTES, Event, MAX_CGROUP_LEVELS, ProfileConfig, counter, decision, mode,
@@ -183,11 +183,12 @@ fn report(profile_id: u32, decision: u8, detail: &Detail) {
 fn parent_tgid() -> u32 {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let parent: *const u8 =
-            match bpf_probe_read_kernel(task.add(offsets::task_real_parent()) as *const *const u8) {
-                Ok(p) => p,
-                Err(_) => return 0,
-            };
+        let parent: *const u8 = match bpf_probe_read_kernel(
+            task.add(offsets::task_real_parent()) as *const *const u8
+        ) {
+            Ok(p) => p,
+            Err(_) => return 0,
+        };
         bpf_probe_read_kernel(parent.add(offsets::task_tgid()) as *const u32).unwrap_or(0)
     }
 }

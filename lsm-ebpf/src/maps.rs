@@ -14,8 +14,7 @@ pub static CGROUP_PROFILES: HashMap<u64, u32> =
 
 /// Profile id -> settings.
 #[map]
-pub static PROFILES: HashMap<u32, ProfileConfig> =
-    HashMap::with_max_entries(capacity::PROFILES, 0);
+pub static PROFILES: HashMap<u32, ProfileConfig> = HashMap::with_max_entries(capacity::PROFILES, 0);
 
 #[map]
 pub static EXEC_RULES: LpmTrie<PathKey, ExecRule> =

@@ -104,7 +104,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
                 }
                 None => {
                     detail.reason = reason::DEFAULT;
-                    (governed.config.file_read_default, governed.config.file_write_default)
+                    (
+                        governed.config.file_read_default,
+                        governed.config.file_write_default,
+                    )
                 }
             };
             (detail.access & access::READ != 0 && read != v::ALLOW)
@@ -119,7 +122,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// governing profile's part of a path trie. `None` means the path could not be resolved (too
 /// long for `PATH_MAX`, or a helper failure): undecidable, so the caller denies.
 #[inline(always)]
-fn resolve_path(governed: &Governed, f_path: *const u8, detail: &mut Detail) -> Option<&'static mut PathScratch> {
+fn resolve_path(
+    governed: &Governed,
+    f_path: *const u8,
+    detail: &mut Detail,
+) -> Option<&'static mut PathScratch> {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         detail.reason = reason::READ_FAILED;
         return None;
@@ -196,9 +203,12 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         match unsafe { bpf_probe_read_kernel(address as *const [u8; 24]) } {
             Ok(sin6) => {
                 detail.port = u16::from_be_bytes([sin6[2], sin6[3]]);
-                let word = |i: usize| u32::from_ne_bytes([sin6[i], sin6[i + 1], sin6[i + 2], sin6[i + 3]]);
+                let word =
+                    |i: usize| u32::from_ne_bytes([sin6[i], sin6[i + 1], sin6[i + 2], sin6[i + 3]]);
                 // ::ffff:a.b.c.d is matched (and reported) as IPv4 a.b.c.d.
-                let mapped = word(8) == 0 && word(12) == 0 && word(16) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+                let mapped = word(8) == 0
+                    && word(12) == 0
+                    && word(16) == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
                 if mapped {
                     detail.family = family::IPV4;
                     detail.addr[..4].copy_from_slice(&sin6[20..24]);

@@ -117,7 +117,10 @@ mod tests {
         let o = Offsets::from_file(path).unwrap();
         // Plausibility: f_path is a 16-byte struct path, so f_flags/f_mode cannot overlap it,
         // and every field lies inside its struct.
-        for (a, b) in [(o.file_f_flags, o.file_f_path), (o.file_f_mode, o.file_f_path)] {
+        for (a, b) in [
+            (o.file_f_flags, o.file_f_path),
+            (o.file_f_mode, o.file_f_path),
+        ] {
             assert!(a < b || a >= b + 16, "{o:?}");
         }
         assert!(o.bprm_file > 0 && o.bprm_file < 512, "{o:?}");
@@ -127,6 +130,9 @@ mod tests {
     #[test]
     fn missing_btf_file_is_a_precise_error() {
         let e = Offsets::from_file(Path::new("/nonexistent/vmlinux")).unwrap_err();
-        assert!(e.to_string().starts_with("cannot read kernel BTF /nonexistent/vmlinux"));
+        assert!(
+            e.to_string()
+                .starts_with("cannot read kernel BTF /nonexistent/vmlinux")
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! detaches the programs.
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{Lsm, ProgramError},
 };
 use enforcerd_common::{
@@ -11,7 +14,7 @@ use enforcerd_common::{
 };
 
 use super::btf::Offsets;
-use crate::compile::CompiledProfile;
+use crate::{compile::CompiledProfile, reconcile::KernelMaps};
 
 /// The BPF programs, built by build.rs from `lsm-ebpf`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsm-ebpf"));
@@ -32,9 +35,17 @@ pub enum LoadError {
     #[error("the kernel refused the BPF object: {0}")]
     Object(String),
     #[error("the kernel refused to load program {program}: {error}{log}")]
-    Program { program: String, error: String, log: String },
+    Program {
+        program: String,
+        error: String,
+        log: String,
+    },
     #[error("cannot attach program {program} to LSM hook {hook}: {error}")]
-    Attach { program: String, hook: String, error: String },
+    Attach {
+        program: String,
+        hook: String,
+        error: String,
+    },
     #[error("cannot write map {map}: {error}")]
     Map { map: &'static str, error: String },
 }
@@ -74,9 +85,13 @@ impl Enforcer {
                 .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
                 .try_into()
                 .map_err(|e: ProgramError| LoadError::Object(e.to_string()))?;
-            program.load(hook, &btf).map_err(|e| program_error(name, e))?;
-            let verified_instructions =
-                program.info().ok().and_then(|i| i.verified_instruction_count());
+            program
+                .load(hook, &btf)
+                .map_err(|e| program_error(name, e))?;
+            let verified_instructions = program
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
             programs.push(ProgramStats {
                 name,
                 verified_instructions,
@@ -89,7 +104,7 @@ impl Enforcer {
         })
     }
 
-    /// Attaches the three programs. Call after `apply`, so that the first decision the
+    /// Attaches the three programs. Call after the first reconcile, so that the first decision the
     /// programs make already sees every rule.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         for (name, hook) in PROGRAMS {
@@ -112,57 +127,33 @@ impl Enforcer {
         self.attached
     }
 
-    /// Writes profiles and their cgroups into the maps: rules first, then profile settings,
-    /// then the cgroup -> profile entries, so a cgroup is never governed by a profile whose
-    /// rules are not all in place.
-    pub fn apply(
-        &mut self,
-        profiles: &[CompiledProfile],
-        cgroups: &[(u64, u32)],
-    ) -> Result<(), LoadError> {
+    fn write_profile(&mut self, p: &CompiledProfile) -> Result<(), LoadError> {
         {
             let mut exec: LpmTrie<_, PathKey, ExecRule> = self.map(names::EXEC_RULES)?;
-            for p in profiles {
-                for (len, key, value) in &p.exec_rules {
-                    exec.insert(&Key::new(*len, *key), value, 0)
-                        .map_err(|e| map_error(names::EXEC_RULES, e))?;
-                }
+            for (len, key, value) in &p.exec_rules {
+                exec.insert(&Key::new(*len, *key), value, 0)
+                    .map_err(|e| map_error(names::EXEC_RULES, e))?;
             }
         }
         {
             let mut files: LpmTrie<_, PathKey, FileRule> = self.map(names::FILE_RULES)?;
-            for p in profiles {
-                for (len, key, value) in &p.file_rules {
-                    files
-                        .insert(&Key::new(*len, *key), value, 0)
-                        .map_err(|e| map_error(names::FILE_RULES, e))?;
-                }
+            for (len, key, value) in &p.file_rules {
+                files
+                    .insert(&Key::new(*len, *key), value, 0)
+                    .map_err(|e| map_error(names::FILE_RULES, e))?;
             }
         }
         {
             let mut net: LpmTrie<_, NetKey, NetRule> = self.map(names::NET_RULES)?;
-            for p in profiles {
-                for (len, key, value) in &p.net_rules {
-                    net.insert(&Key::new(*len, *key), value, 0)
-                        .map_err(|e| map_error(names::NET_RULES, e))?;
-                }
+            for (len, key, value) in &p.net_rules {
+                net.insert(&Key::new(*len, *key), value, 0)
+                    .map_err(|e| map_error(names::NET_RULES, e))?;
             }
         }
-        {
-            let mut configs: HashMap<_, u32, ProfileConfig> = self.map(names::PROFILES)?;
-            for p in profiles {
-                configs
-                    .insert(&p.id, &p.config, 0)
-                    .map_err(|e| map_error(names::PROFILES, e))?;
-            }
-        }
-        let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
-        for (cgroup_id, profile_id) in cgroups {
-            governed
-                .insert(cgroup_id, profile_id, 0)
-                .map_err(|e| map_error(names::CGROUP_PROFILES, e))?;
-        }
-        Ok(())
+        let mut configs: HashMap<_, u32, ProfileConfig> = self.map(names::PROFILES)?;
+        configs
+            .insert(&p.id, &p.config, 0)
+            .map_err(|e| map_error(names::PROFILES, e))
     }
 
     /// The decision ring buffer, for the event reader (can be taken once).
@@ -198,6 +189,82 @@ impl Enforcer {
     }
 }
 
+impl KernelMaps for Enforcer {
+    /// Writes one compiled profile's rules and settings under its id. Nothing points at the id
+    /// yet, so this changes no decision. On failure, whatever was written is removed again.
+    fn insert_profile(&mut self, p: &CompiledProfile) -> Result<(), LoadError> {
+        let result = self.write_profile(p);
+        if result.is_err() {
+            self.remove_profile(p);
+        }
+        result
+    }
+
+    /// Removes a profile's settings and rules (best effort: an entry already gone is fine).
+    /// Call only after no cgroup points at the id any more and `synchronize` has returned.
+    fn remove_profile(&mut self, p: &CompiledProfile) {
+        // Settings first: a straggler that still found the id then denies (missing settings)
+        // rather than falling back to a default.
+        if let Ok(mut configs) = self.map::<HashMap<_, u32, ProfileConfig>>(names::PROFILES) {
+            let _ = configs.remove(&p.id);
+        }
+        if let Ok(mut exec) = self.map::<LpmTrie<_, PathKey, ExecRule>>(names::EXEC_RULES) {
+            for (len, key, _) in &p.exec_rules {
+                let _ = exec.remove(&Key::new(*len, *key));
+            }
+        }
+        if let Ok(mut files) = self.map::<LpmTrie<_, PathKey, FileRule>>(names::FILE_RULES) {
+            for (len, key, _) in &p.file_rules {
+                let _ = files.remove(&Key::new(*len, *key));
+            }
+        }
+        if let Ok(mut net) = self.map::<LpmTrie<_, NetKey, NetRule>>(names::NET_RULES) {
+            for (len, key, _) in &p.net_rules {
+                let _ = net.remove(&Key::new(*len, *key));
+            }
+        }
+    }
+
+    /// Points each cgroup at a profile id. Each entry is replaced atomically, so a task in
+    /// that cgroup sees either the old profile or the new one, never a mix.
+    fn govern(&mut self, cgroups: &[(u64, u32)]) -> Result<(), LoadError> {
+        let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
+        for (cgroup_id, profile_id) in cgroups {
+            governed
+                .insert(cgroup_id, profile_id, 0)
+                .map_err(|e| map_error(names::CGROUP_PROFILES, e))?;
+        }
+        Ok(())
+    }
+
+    /// Stops governing these cgroups (an absent entry is fine).
+    fn ungovern(&mut self, cgroups: &[u64]) -> Result<(), LoadError> {
+        let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
+        for cgroup_id in cgroups {
+            match governed.remove(cgroup_id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every program run that may have read the maps before this call has
+    /// finished. The programs run inside RCU read-side sections, and
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period; after it, an old
+    /// profile id that no cgroup points at any more is no longer in use.
+    fn synchronize(&self) {
+        const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+        // SAFETY: membarrier takes no pointers.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if rc != 0 {
+            // nohz_full kernels refuse it: fall back to a pause far longer than any program
+            // run (they are a few microseconds).
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 fn map_error(map: &'static str, e: aya::maps::MapError) -> LoadError {
     LoadError::Map {
         map,
@@ -215,7 +282,10 @@ fn program_error(name: &str, e: ProgramError) -> LoadError {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            (io_error.to_string(), format!("\nverifier log (end):\n{}", tail.join("\n")))
+            (
+                io_error.to_string(),
+                format!("\nverifier log (end):\n{}", tail.join("\n")),
+            )
         }
         other => (other.to_string(), String::new()),
     };

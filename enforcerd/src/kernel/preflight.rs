@@ -37,10 +37,11 @@ pub fn check(root: &Path, euid: u32) -> Result<(), CannotEnforce> {
         return Err(CannotEnforce::NotRoot(euid));
     }
     let lsm_file = root.join(paths::ACTIVE_LSMS.trim_start_matches('/'));
-    let active = std::fs::read_to_string(&lsm_file).map_err(|e| CannotEnforce::LsmListUnreadable {
-        lsm_file: lsm_file.display().to_string(),
-        error: e.to_string(),
-    })?;
+    let active =
+        std::fs::read_to_string(&lsm_file).map_err(|e| CannotEnforce::LsmListUnreadable {
+            lsm_file: lsm_file.display().to_string(),
+            error: e.to_string(),
+        })?;
     let active = active.trim().to_owned();
     if !active.split(',').any(|l| l == "bpf") {
         return Err(CannotEnforce::BpfLsmInactive {
@@ -75,7 +76,10 @@ mod tests {
 
     #[test]
     fn accepts_bpf_in_lsm_list_with_btf() {
-        let d = fake_sys(Some("lockdown,capability,landlock,yama,apparmor,bpf\n"), true);
+        let d = fake_sys(
+            Some("lockdown,capability,landlock,yama,apparmor,bpf\n"),
+            true,
+        );
         check(d.path(), 0).unwrap();
     }
 
@@ -83,21 +87,30 @@ mod tests {
     fn refuses_non_root() {
         let d = fake_sys(Some("capability,bpf"), true);
         let e = check(d.path(), 1000).unwrap_err();
-        assert!(e.to_string().starts_with("enforcerd must run as root (effective uid is 1000)"));
+        assert!(
+            e.to_string()
+                .starts_with("enforcerd must run as root (effective uid is 1000)")
+        );
     }
 
     #[test]
     fn refuses_without_bpf_lsm_and_says_how_to_fix() {
         let d = fake_sys(Some("lockdown,capability,apparmor\n"), true);
         let e = check(d.path(), 0).unwrap_err().to_string();
-        assert!(e.contains("lists \"lockdown,capability,apparmor\" without \"bpf\""), "{e}");
+        assert!(
+            e.contains("lists \"lockdown,capability,apparmor\" without \"bpf\""),
+            "{e}"
+        );
         assert!(e.contains("lsm=lockdown,capability,apparmor,bpf"), "{e}");
     }
 
     #[test]
     fn bpf_must_be_a_whole_entry() {
         let d = fake_sys(Some("capability,notbpf"), true);
-        assert!(matches!(check(d.path(), 0), Err(CannotEnforce::BpfLsmInactive { .. })));
+        assert!(matches!(
+            check(d.path(), 0),
+            Err(CannotEnforce::BpfLsmInactive { .. })
+        ));
     }
 
     #[test]
@@ -111,6 +124,9 @@ mod tests {
     fn refuses_without_btf() {
         let d = fake_sys(Some("bpf"), false);
         let e = check(d.path(), 0).unwrap_err().to_string();
-        assert!(e.contains("exposes no BTF at") && e.contains("CONFIG_DEBUG_INFO_BTF"), "{e}");
+        assert!(
+            e.contains("exposes no BTF at") && e.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{e}"
+        );
     }
 }

@@ -69,6 +69,8 @@ pub mod reason {
     pub const PATH_UNRESOLVED: u8 = 3;
     /// A kernel read the programs depend on failed.
     pub const READ_FAILED: u8 = 4;
+    /// The per-CPU path buffer was overwritten by other tasks' decisions on every attempt.
+    pub const CONTENDED: u8 = 5;
 }
 
 /// File access bits, from the open mode (`FMODE_READ` / `FMODE_WRITE`).
@@ -200,7 +202,9 @@ pub struct Event {
     pub addr: [u8; 16],
     pub comm: [u8; 16],
     /// Length `bpf_d_path` reported (including the NUL), or a negative errno; 0 when the hook
-    /// has no path. When larger than `EVENT_PATH_BYTES`, `path` holds the first bytes only.
+    /// has no path; `-EAGAIN` when the path could not be captured for the report (the decision
+    /// itself was made on the right path). When larger than `EVENT_PATH_BYTES`, `path` holds
+    /// the first bytes only.
     pub path_len: i32,
     pub path: [u8; EVENT_PATH_BYTES],
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -19,7 +19,7 @@ use crate::{
         self, DecisionCounts, HookCounters, ProfileStatus, ProgramStatus, ReloadStatus, Request,
         Response, Status,
     },
-    events::{self, Catalog, ProfileMeta},
+    events::{self, Catalog, ProfileMeta, Shared},
     exit,
     kernel::{Enforcer, btf::Offsets, loader::PROGRAMS, preflight},
     paths,
@@ -173,7 +173,7 @@ struct Daemon {
     serials: SerialStore,
     enforcer: Enforcer,
     enforced: Enforced,
-    catalog: Arc<Mutex<Catalog>>,
+    shared: Arc<Shared>,
     started: String,
     kernel: String,
     last_reload: Option<ReloadStatus>,
@@ -222,19 +222,13 @@ pub fn run(opts: RunOptions) -> u8 {
             return exit::CANNOT_ENFORCE;
         }
     };
-    let catalog = Catalog {
-        cgroupfs: Some(CgroupFs {
-            root: cgroupfs.root.clone(),
-        }),
-        ..Catalog::default()
-    };
     let mut daemon = Daemon {
         opts,
         cgroupfs,
         serials,
         enforcer,
         enforced: Enforced::default(),
-        catalog: Arc::new(Mutex::new(catalog)),
+        shared: Arc::new(Shared::default()),
         started: now_rfc3339(),
         kernel: kernel_release(),
         last_reload: None,
@@ -286,7 +280,8 @@ impl Daemon {
             out.problems.push(format!("recording applied serials: {e}"));
         }
         {
-            let mut catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+            // Keep the ids of replaced versions: their records may still be in flight.
+            let mut catalog: Catalog = (*self.shared.catalog()).clone();
             for a in self.enforced.profiles() {
                 catalog.profiles.insert(
                     a.id(),
@@ -302,6 +297,7 @@ impl Daemon {
                     catalog.cgroups.insert(c.id, c.path.clone());
                 }
             }
+            self.shared.publish(catalog);
         }
         for p in &out.problems {
             error!("refused {p}");
@@ -350,7 +346,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let catalog = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
+        let decisions = self.shared.decisions();
         let hooks = [
             (hook::EXEC, "exec"),
             (hook::FILE, "file"),
@@ -401,8 +397,7 @@ impl Daemon {
                     on_violation: a.profile.on_violation.as_str().into(),
                     source: a.profile.source.display().to_string(),
                     cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
-                    decisions: catalog
-                        .decisions
+                    decisions: decisions
                         .get(&a.profile.name)
                         .copied()
                         .unwrap_or(DecisionCounts::default()),
@@ -456,11 +451,33 @@ impl Daemon {
                     None
                 }
             };
-            let reader = tokio::spawn(events::forward(
-                ring,
-                self.catalog.clone(),
-                std::io::stdout(),
-            ));
+            // Decisions are forwarded on their own thread: a flood of denials (a workload
+            // hammering a denied file) must not delay reloads, signals or status requests.
+            let (reader_done, reader) = tokio::sync::oneshot::channel();
+            let shared = self.shared.clone();
+            let cgroupfs = CgroupFs {
+                root: self.cgroupfs.root.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("decisions".into())
+                .spawn(move || {
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|rt| {
+                            rt.block_on(events::forward(
+                                ring,
+                                shared,
+                                Some(cgroupfs),
+                                std::io::stdout(),
+                            ))
+                        });
+                    let _ = reader_done.send(result);
+                });
+            if let Err(e) = spawned {
+                error!("cannot start the decision reader: {e}");
+                return exit::CANNOT_ENFORCE;
+            }
             tokio::pin!(reader);
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             loop {

@@ -3,6 +3,7 @@ use std::{
     collections::HashMap,
     io::Write,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::{Arc, Mutex},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -23,42 +24,76 @@ pub struct ProfileMeta {
     pub cgroups: Vec<String>,
 }
 
-/// Everything needed to turn a kernel record into a decision a person can act on. Shared
-/// between the daemon (which updates it at every reload) and the decision reader.
-#[derive(Default)]
+/// What the daemon knows about profiles and cgroups, published as an immutable snapshot at
+/// every reload.
+#[derive(Clone, Debug, Default)]
 pub struct Catalog {
     /// By profile id. Ids of replaced versions stay, for records still in flight.
     pub profiles: HashMap<u32, ProfileMeta>,
-    /// Cgroup id -> path, learned at load and on demand.
+    /// Cgroup id -> path of governed cgroups.
     pub cgroups: HashMap<u64, String>,
-    pub cgroupfs: Option<CgroupFs>,
-    /// Non-allow decisions reported per profile name.
-    pub decisions: HashMap<String, DecisionCounts>,
 }
 
-impl Catalog {
+/// What the daemon and the decision reader share. Each lock is held only to swap a snapshot
+/// or copy a small map, never while a record is processed: the reader runs flat out under a
+/// flood of denials and must not starve reloads or status requests.
+#[derive(Default)]
+pub struct Shared {
+    pub catalog: Mutex<Arc<Catalog>>,
+    /// Non-allow decisions reported per profile name.
+    pub decisions: Mutex<HashMap<String, DecisionCounts>>,
+}
+
+impl Shared {
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn publish(&self, catalog: Catalog) {
+        *self.catalog.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+    }
+
+    pub fn decisions(&self) -> HashMap<String, DecisionCounts> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The reader's own state: paths of child cgroups it looked up, and counts not yet published.
+struct Reader {
+    cgroupfs: Option<CgroupFs>,
+    learned: HashMap<u64, String>,
+    counts: HashMap<String, DecisionCounts>,
+}
+
+impl Reader {
+    fn cgroup_path(&mut self, catalog: &Catalog, id: u64, profile_id: u32) -> Option<String> {
+        if let Some(p) = catalog.cgroups.get(&id).or_else(|| self.learned.get(&id)) {
+            return Some(p.clone());
+        }
+        let under: Vec<&str> = catalog
+            .profiles
+            .get(&profile_id)
+            .map(|p| p.cgroups.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let path = self.cgroupfs.as_ref()?.path_of(id, &under)?;
+        self.learned.insert(id, path.clone());
+        Some(path)
+    }
+
     fn count(&mut self, d: &Decision) {
-        let c = self.decisions.entry(d.profile.clone()).or_default();
+        let c = self.counts.entry(d.profile.clone()).or_default();
         match d.decision {
             "deny" => c.deny += 1,
             "kill" => c.kill += 1,
             "audit" => c.audit += 1,
             _ => {}
         }
-    }
-
-    fn cgroup_path(&mut self, id: u64, profile_id: u32) -> Option<String> {
-        if let Some(p) = self.cgroups.get(&id) {
-            return Some(p.clone());
-        }
-        let under: Vec<&str> = self
-            .profiles
-            .get(&profile_id)
-            .map(|p| p.cgroups.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        let path = self.cgroupfs.as_ref()?.path_of(id, &under)?;
-        self.cgroups.insert(id, path.clone());
-        Some(path)
     }
 }
 
@@ -122,10 +157,16 @@ pub fn wall_time(boot_ns: u64, now_boot_ns: u64, now_unix_ns: i128) -> String {
         .unwrap_or_default()
 }
 
-/// Enriches one record. `exe` is looked up by the caller (it needs /proc).
-pub fn describe(e: &Event, catalog: &mut Catalog, ts: String, exe: Option<String>) -> Decision {
+/// Enriches one record. `cgroup` and `exe` are looked up by the caller (they need the
+/// filesystem).
+pub fn describe(
+    e: &Event,
+    catalog: &Catalog,
+    cgroup: Option<String>,
+    ts: String,
+    exe: Option<String>,
+) -> Decision {
     let meta = catalog.profiles.get(&e.profile_id).cloned();
-    let cgroup = catalog.cgroup_path(e.cgroup_id, e.profile_id);
     let (target, truncated) = target(e);
     Decision {
         ts,
@@ -146,6 +187,7 @@ pub fn describe(e: &Event, catalog: &mut Catalog, ts: String, exe: Option<String
             reason::DEFAULT => "default",
             reason::PATH_UNRESOLVED => "path-unresolved",
             reason::READ_FAILED => "read-failed",
+            reason::CONTENDED => "contended",
             _ => "unknown",
         },
         profile: meta
@@ -207,35 +249,56 @@ pub fn exe_of(pid: u32) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-/// Reads decision records until the ring buffer fails, writing one JSON line each to `out`.
+/// Records handled between two looks at the catalog and two publications of the counts.
+const BATCH: usize = 256;
+
+/// Reads decision records until the ring buffer or `out` fails, writing one JSON line each to
+/// `out`.
 pub async fn forward(
     ring: RingBuf<MapData>,
-    catalog: std::sync::Arc<std::sync::Mutex<Catalog>>,
+    shared: Arc<Shared>,
+    cgroupfs: Option<CgroupFs>,
     mut out: impl Write,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, until dropped, and
     // the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
+    let mut reader = Reader {
+        cgroupfs,
+        learned: HashMap::new(),
+        counts: HashMap::new(),
+    };
     loop {
         let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let Some(event) = decode(&item) else { continue };
-            drop(item);
-            let now_unix = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-            let ts = wall_time(event.boot_ns, boot_ns_now(), now_unix);
-            let exe = exe_of(event.pid);
-            let decision = {
-                let mut catalog = catalog.lock().unwrap_or_else(|e| e.into_inner());
-                let d = describe(&event, &mut catalog, ts, exe);
-                catalog.count(&d);
-                d
-            };
-            serde_json::to_writer(&mut out, &decision)?;
-            out.write_all(b"\n")?;
+        let mut drained = false;
+        while !drained {
+            let catalog = shared.catalog();
+            let ring = guard.get_inner_mut();
+            drained = true;
+            for _ in 0..BATCH {
+                let Some(item) = ring.next() else { break };
+                let event = decode(&item);
+                drop(item);
+                drained = false;
+                let Some(event) = event else { continue };
+                let now_unix = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+                let ts = wall_time(event.boot_ns, boot_ns_now(), now_unix);
+                let cgroup = reader.cgroup_path(&catalog, event.cgroup_id, event.profile_id);
+                let d = describe(&event, &catalog, cgroup, ts, exe_of(event.pid));
+                reader.count(&d);
+                serde_json::to_writer(&mut out, &d)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            let mut decisions = shared.decisions.lock().unwrap_or_else(|e| e.into_inner());
+            for (profile, c) in reader.counts.drain() {
+                let total = decisions.entry(profile).or_default();
+                total.deny += c.deny;
+                total.kill += c.kill;
+                total.audit += c.audit;
+            }
         }
-        out.flush()?;
         guard.clear_ready();
     }
 }
@@ -275,7 +338,6 @@ mod tests {
         Catalog {
             profiles,
             cgroups: HashMap::from([(99, "/web".into())]),
-            ..Catalog::default()
         }
     }
 
@@ -286,7 +348,13 @@ mod tests {
         let p = b"/etc/shadow\0";
         e.path[..p.len()].copy_from_slice(p);
         e.path_len = p.len() as i32;
-        let d = describe(&e, &mut catalog(), "t".into(), Some("/usr/bin/curl".into()));
+        let d = describe(
+            &e,
+            &catalog(),
+            Some("/web".into()),
+            "t".into(),
+            Some("/usr/bin/curl".into()),
+        );
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(
             json,
@@ -306,7 +374,7 @@ mod tests {
         e.family = family::IPV4;
         e.addr[..4].copy_from_slice(&[10, 1, 2, 3]);
         e.port = 53;
-        let d = describe(&e, &mut catalog(), "t".into(), None);
+        let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
         assert_eq!(
             (d.target.as_str(), d.protocol, d.access),
             ("10.1.2.3:53", Some("udp"), None)
@@ -315,7 +383,7 @@ mod tests {
         e.addr = Ipv6Addr::LOCALHOST.octets();
         e.protocol = protocol::TCP;
         e.port = 8080;
-        let d = describe(&e, &mut catalog(), "t".into(), None);
+        let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
         assert_eq!((d.target.as_str(), d.protocol), ("[::1]:8080", Some("tcp")));
     }
 
@@ -326,7 +394,7 @@ mod tests {
         e.profile_id = 8;
         e.path.fill(b'a');
         e.path_len = 3000;
-        let d = describe(&e, &mut catalog(), "t".into(), None);
+        let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
         assert_eq!(d.target.len(), EVENT_PATH_BYTES);
         assert_eq!(d.target_truncated, Some(true));
         assert_eq!(
@@ -340,7 +408,7 @@ mod tests {
         let mut e = event(hook::FILE);
         e.reason = reason::PATH_UNRESOLVED;
         e.path_len = -36;
-        let d = describe(&e, &mut catalog(), "t".into(), None);
+        let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
         assert_eq!((d.target.as_str(), d.reason), ("", "path-unresolved"));
     }
 

@@ -10,12 +10,15 @@ use enforcerd_common::{
     on_violation, verdict,
 };
 
+use core::ptr::read_volatile;
+
 use crate::{
-    maps::{CGROUP_PROFILES, COUNTERS, EVENTS, PROFILES},
+    maps::{CGROUP_PROFILES, COUNTERS, EVENTS, PROFILES, PathScratch},
     offsets,
 };
 
 pub const EPERM: i32 = 1;
+const EAGAIN: i32 = 11;
 const SIGKILL: u32 = 9;
 
 /// The profile that governs the current task.
@@ -89,8 +92,8 @@ pub struct Detail {
     pub family: u8,
     pub port: u16,
     pub addr: [u8; 16],
-    /// Resolved path (in the scratch buffer), or null when the hook has none.
-    pub path: *const u8,
+    /// The scratch buffer holding the resolved path, or null when the hook has none.
+    pub scratch: *mut PathScratch,
     /// What `bpf_d_path` returned: length including the NUL, or a negative errno.
     pub path_len: i32,
 }
@@ -106,7 +109,7 @@ impl Detail {
             family: 0,
             port: 0,
             addr: [0; 16],
-            path: core::ptr::null(),
+            scratch: core::ptr::null_mut(),
             path_len: 0,
         }
     }
@@ -168,9 +171,14 @@ fn report(profile_id: u32, decision: u8, detail: &Detail) {
         (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*e).path_len = detail.path_len;
         (*e).path[0] = 0;
-        if !detail.path.is_null() {
+        let scratch = detail.scratch;
+        if !scratch.is_null() && detail.path_len > 0 {
             let dst = &mut (&mut (*e).path)[..EVENT_PATH_BYTES];
-            if bpf_probe_read_kernel_buf(detail.path, dst).is_err() {
+            let copied = bpf_probe_read_kernel_buf((*scratch).path.as_ptr(), dst).is_ok();
+            // Another task's run on this CPU may have overwritten the buffer since the
+            // decision: then the path is not this operation's; say so rather than report it.
+            if !copied || read_volatile(&(*scratch).owner) != pid_tgid {
+                (*e).path_len = -EAGAIN;
                 (*e).path[0] = 0;
             }
         }

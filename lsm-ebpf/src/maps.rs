@@ -39,11 +39,16 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::E
 /// (`prefix_len`, then `PathKey`), so `bpf_d_path` writes the resolved path straight into the
 /// key and one lookup needs no copy. Bytes after the path's NUL are stale; that is harmless
 /// because no rule entry extends past a NUL (see `PathKey`).
+///
+/// LSM programs can be preempted (they only keep their CPU), so another task's program run on
+/// the same CPU can overwrite this buffer mid-decision. `owner` (the task's pid_tgid, written
+/// before the path) detects that: a run that finds another owner after its lookup retries.
 #[repr(C)]
 pub struct PathScratch {
     pub prefix_len: u32,
     pub profile_id: [u8; 4],
     pub path: [u8; PATH_BUF_BYTES],
+    pub owner: u64,
 }
 
 #[map]

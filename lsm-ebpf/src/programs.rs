@@ -1,10 +1,12 @@
 //! The three LSM entry points. Each returns early, before any lookup, for what it does not
 //! govern, respects a denial by an earlier LSM, then decides with one trie lookup (two for
 //! connect: exact port and any port).
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     bindings::path,
     cty::c_char,
-    helpers::{bpf_d_path, bpf_probe_read_kernel},
+    helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::lsm,
     maps::lpm_trie::Key,
     programs::LsmContext,
@@ -51,19 +53,15 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let file = unsafe { *(bprm.add(offsets::bprm_file()) as *const *const u8) };
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     let mut detail = Detail::new(hook::EXEC);
-    let denied = match resolve_path(&governed, f_path, &mut detail) {
-        Some(scratch) => {
-            let rule = EXEC_RULES.get(as_path_key(scratch));
-            let verdict = match rule {
-                Some(r) => {
-                    detail.reason = reason::RULE;
-                    r.verdict
-                }
-                None => {
-                    detail.reason = reason::DEFAULT;
-                    governed.config.exec_default
-                }
-            };
+    let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
+        EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict)
+    }) {
+        Some(v::NONE) => {
+            detail.reason = reason::DEFAULT;
+            governed.config.exec_default != v::ALLOW
+        }
+        Some(verdict) => {
+            detail.reason = reason::RULE;
             verdict != v::ALLOW
         }
         None => true,
@@ -95,20 +93,22 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         detail.access |= access::WRITE;
     }
     let f_path = unsafe { file.add(offsets::file_f_path()) };
-    let denied = match resolve_path(&governed, f_path, &mut detail) {
-        Some(scratch) => {
-            let (read, write) = match FILE_RULES.get(as_path_key(scratch)) {
-                Some(r) => {
-                    detail.reason = reason::RULE;
-                    (r.read, r.write)
-                }
-                None => {
-                    detail.reason = reason::DEFAULT;
-                    (
-                        governed.config.file_read_default,
-                        governed.config.file_write_default,
-                    )
-                }
+    // Both verdicts in one value (read in the low byte), 0 = no rule.
+    let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
+        FILE_RULES
+            .get(key)
+            .map_or(0, |r| u16::from(r.read) | (u16::from(r.write) << 8))
+    }) {
+        Some(found) => {
+            let (read, write) = if found == 0 {
+                detail.reason = reason::DEFAULT;
+                (
+                    governed.config.file_read_default,
+                    governed.config.file_write_default,
+                )
+            } else {
+                detail.reason = reason::RULE;
+                (found as u8, (found >> 8) as u8)
             };
             (detail.access & access::READ != 0 && read != v::ALLOW)
                 || (detail.access & access::WRITE != 0 && write != v::ALLOW)
@@ -118,36 +118,55 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     verdict(&governed, denied, &detail)
 }
 
-/// Resolves `f_path` into the per-CPU scratch key and prepares it for a lookup in the
-/// governing profile's part of a path trie. `None` means the path could not be resolved (too
-/// long for `PATH_MAX`, or a helper failure): undecidable, so the caller denies.
+/// How often a path lookup is retried when another task's program run overwrote the scratch
+/// buffer meanwhile (it takes a preemption inside the program each time).
+const PATH_ATTEMPTS: u32 = 4;
+
+/// Resolves `f_path` into the per-CPU scratch key and looks it up in the governing profile's
+/// part of a path trie with `lookup` (which returns plain values: an `Option` payload would be
+/// undefined on `None`, which the verifier rejects). `None` means undecidable — the path did
+/// not resolve (longer than `PATH_MAX`, helper failure) or the buffer stayed contended — and
+/// the caller denies.
 #[inline(always)]
-fn resolve_path(
+fn lookup_path<T: Copy>(
     governed: &Governed,
     f_path: *const u8,
     detail: &mut Detail,
-) -> Option<&'static mut PathScratch> {
+    lookup: impl Fn(&Key<PathKey>) -> T,
+) -> Option<T> {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         detail.reason = reason::READ_FAILED;
         return None;
     };
-    let len = unsafe {
-        bpf_d_path(
-            f_path as *mut path,
-            (*scratch).path.as_mut_ptr() as *mut c_char,
-            PATH_BUF_BYTES as u32,
-        )
-    } as i32;
-    detail.path = unsafe { (*scratch).path.as_ptr() };
-    detail.path_len = len;
-    if len <= 0 {
-        detail.reason = reason::PATH_UNRESOLVED;
-        return None;
+    let me = bpf_get_current_pid_tgid();
+    detail.scratch = scratch;
+    let mut attempt = 0;
+    while attempt < PATH_ATTEMPTS {
+        attempt += 1;
+        unsafe { write_volatile(&mut (*scratch).owner, me) };
+        let len = unsafe {
+            bpf_d_path(
+                f_path as *mut path,
+                (*scratch).path.as_mut_ptr() as *mut c_char,
+                PATH_BUF_BYTES as u32,
+            )
+        } as i32;
+        detail.path_len = len;
+        if len <= 0 {
+            detail.reason = reason::PATH_UNRESOLVED;
+            return None;
+        }
+        let found = unsafe {
+            (*scratch).prefix_len = PATH_KEY_BITS;
+            (*scratch).profile_id = governed.profile_id.to_be_bytes();
+            lookup(as_path_key(&*scratch))
+        };
+        if unsafe { read_volatile(&(*scratch).owner) } == me {
+            return Some(found);
+        }
     }
-    let scratch = unsafe { &mut *scratch };
-    scratch.prefix_len = PATH_KEY_BITS;
-    scratch.profile_id = governed.profile_id.to_be_bytes();
-    Some(scratch)
+    detail.reason = reason::CONTENDED;
+    None
 }
 
 /// The scratch buffer's head, seen as a path trie key.

@@ -52,6 +52,25 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "malformed profiles are refused with file:line:col while valid ones are enforced; \
                 10,000 file rules",
     },
+    Scenario {
+        name: "signed_profiles",
+        needs_daemon: true,
+        about: "only profiles signed by a trusted key are enforced; unsigned, untrusted-key, \
+                tampered and malformed-signature profiles are refused by check and the daemon",
+    },
+    Scenario {
+        name: "live_reload_without_gap",
+        needs_daemon: true,
+        about: "50 live replacements (directory and SIGHUP) with no denied open let through and \
+                no allowed open failed; tampered and rolled-back versions refused, also after a \
+                restart; reload latency",
+    },
+    Scenario {
+        name: "status_and_permissions",
+        needs_daemon: true,
+        about: "status --json shows programs, profiles (serial, sha256, cgroups, counters) and the \
+                last reload, to root only",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -16,10 +16,11 @@ pub(super) const ALG_ED25519: [u8; 2] = *b"Ed";
 const PUBLIC_KEY_BYTES: usize = 2 + 8 + 32;
 const SECRET_KEY_BYTES: usize = 2 + 2 + 2 + 32 + 8 + 8 + 8 + 64 + 32;
 
-/// A key id as minisign prints it: the 8 bytes read as a little-endian u64, 16 upper-case hex
-/// digits (`minisign public key 6EB9D0A5D33D2759`).
+/// A key id as minisign prints it: the 8 bytes read as a little-endian u64, in upper-case hex
+/// without leading zeros (`minisign public key 6EB9D0A5D33D2759`; minisign uses `%PRIX64`, so
+/// one key in sixteen has 15 digits or fewer).
 pub(super) fn key_id_hex(id: &[u8; 8]) -> String {
-    format!("{:016X}", u64::from_le_bytes(*id))
+    format!("{:X}", u64::from_le_bytes(*id))
 }
 
 /// Decodes standard padded base64 (surrounding whitespace ignored).

@@ -197,10 +197,13 @@ pub(crate) mod testutil {
 
     /// The key id minisign wrote in the comment of a public key file
     /// (`untrusted comment: minisign public key 6EB9D0A5D33D2759`).
+    /// Normalized to minisign's own printing (`%PRIX64`, no leading zeros): the `minisign`
+    /// crate pads the comment to 16 digits.
     pub fn key_id_of_pub(pub_file: &Path) -> String {
         let text = std::fs::read_to_string(pub_file).unwrap();
         let first = text.lines().next().unwrap();
-        first.rsplit(' ').next().unwrap().to_string()
+        let id = first.rsplit(' ').next().unwrap();
+        format!("{:X}", u64::from_str_radix(id, 16).unwrap())
     }
 }
 

@@ -69,6 +69,24 @@ impl Tail {
     }
 }
 
+/// How the daemon decides whether a profile may be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// `--allow-unsigned`: profiles are applied without signatures (development mode).
+    AllowUnsigned,
+    /// `--trusted-keys DIR`: only profiles signed by a key in DIR are applied.
+    Keys(PathBuf),
+}
+
+impl Trust {
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            Trust::AllowUnsigned => vec!["--allow-unsigned".into()],
+            Trust::Keys(dir) => vec!["--trusted-keys".into(), dir.into()],
+        }
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub profiles: PathBuf,
@@ -91,6 +109,12 @@ pub struct StartFailure {
 impl Daemon {
     /// Starts `enforcerd run --profiles DIR --allow-unsigned` and waits for READY=1.
     pub fn start(profiles: &Path, tag: &str) -> Result<Daemon, StartFailure> {
+        Daemon::start_with(profiles, tag, &Trust::AllowUnsigned)
+    }
+
+    /// Starts `enforcerd run --profiles DIR` with the given trust arguments and waits for
+    /// READY=1.
+    pub fn start_with(profiles: &Path, tag: &str, trust: &Trust) -> Result<Daemon, StartFailure> {
         let stdout_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.out"));
         let stderr_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.err"));
         let sock_path = PathBuf::from(format!("/run/notify-{tag}.sock"));
@@ -112,16 +136,22 @@ impl Daemon {
                 ));
             }
         };
+        let trust_args = trust.args();
         say(&format!(
-            "$ NOTIFY_SOCKET={} {ENFORCERD} run --profiles {} --allow-unsigned &",
+            "$ NOTIFY_SOCKET={} {ENFORCERD} run --profiles {} {} &",
             sock_path.display(),
-            profiles.display()
+            profiles.display(),
+            trust_args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
         let started = Instant::now();
         let child = Command::new(ENFORCERD)
             .args(["run", "--profiles"])
             .arg(profiles)
-            .arg("--allow-unsigned")
+            .args(&trust_args)
             .env("NOTIFY_SOCKET", &sock_path)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -184,6 +214,40 @@ impl Daemon {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGHUP (reload the profiles directory). False if the daemon is not running.
+    pub fn sighup(&self) -> bool {
+        match self.pid() {
+            // SAFETY: signalling our own child.
+            Some(pid) => unsafe { libc::kill(pid as i32, libc::SIGHUP) == 0 },
+            None => false,
+        }
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Bytes the daemon has written to stdout so far.
+    pub fn stdout_len(&self) -> u64 {
+        std::fs::metadata(&self.stdout_path).map_or(0, |m| m.len())
+    }
+
+    /// CPU time (user + system) the daemon has used, in clock ticks.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
+    /// Removes the file holding the daemon's decision lines (after a run that produced many).
+    pub fn discard_stdout(&mut self) {
+        let _ = std::fs::write(&self.stdout_path, b"");
+        self.out = Tail::new(self.stdout_path.clone());
     }
 
     /// Copies new daemon output to the console.
@@ -303,12 +367,43 @@ pub fn tail_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// `enforcerd status --json` of the running daemon, parsed; `Err` carries the exit status and
+/// output when it failed or did not print one JSON object.
+pub fn status_json() -> Result<Value, String> {
+    let out = run_command(ENFORCERD, &["status", "--json"]);
+    if out.code != Some(0) {
+        return Err(format!(
+            "enforcerd status --json: {}\n{}{}",
+            out.status, out.stdout, out.stderr
+        )
+        .trim_end()
+        .to_owned());
+    }
+    match serde_json::from_str::<Value>(out.stdout.trim()) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(format!(
+            "enforcerd status --json printed no single JSON object:\n{}",
+            out.stdout.trim_end()
+        )),
+    }
+}
+
 /// Output of a short command (e.g. `enforcerd check`).
+#[derive(Debug, Clone)]
 pub struct CommandOutput {
     pub status: String,
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl CommandOutput {
+    /// The exit status and everything the command printed, for a check's `got`.
+    pub fn summary(&self) -> String {
+        format!("{}\n{}{}", self.status, self.stdout, self.stderr)
+            .trim_end()
+            .to_owned()
+    }
 }
 
 /// Runs a command to completion (killed after 60 s), capturing its output.

@@ -1,7 +1,8 @@
 //! Files, binaries and profile directories the scenarios work on. Every helper is idempotent
 //! and resets contents, so a scenario does not depend on what ran before it.
 
-use anyhow::{Context as _, Result};
+use super::daemon::{CommandOutput, ENFORCERD, run_command};
+use anyhow::{Context as _, Result, bail};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -80,12 +81,24 @@ pub fn write_profile(dir: &Path, file: &str, yaml: &str) -> Result<PathBuf> {
 /// A profile document. `body` holds the `exec:`, `files:` and `network:` sections, indented
 /// for their place under `spec:`.
 pub fn profile(name: &str, cgroup: &str, mode: &str, on_violation: &str, body: &str) -> String {
+    profile_with_serial(name, 1, cgroup, mode, on_violation, body)
+}
+
+/// [`profile`] with a chosen `metadata.serial`.
+pub fn profile_with_serial(
+    name: &str,
+    serial: u64,
+    cgroup: &str,
+    mode: &str,
+    on_violation: &str,
+    body: &str,
+) -> String {
     format!(
         "apiVersion: enforcerd/v1
 kind: Profile
 metadata:
   name: {name}
-  serial: 1
+  serial: {serial}
 spec:
   selector:
     cgroup: {cgroup}
@@ -93,6 +106,116 @@ spec:
   onViolation: {on_violation}
 {body}"
     )
+}
+
+/// Where the scenarios keep signing keys (`NAME.key`, `NAME.pub`).
+pub const KEYS_DIR: &str = "/tmp/keys";
+
+/// A minisign key pair made by `enforcerd keygen` inside the VM.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub name: String,
+    pub secret: String,
+    pub public: String,
+}
+
+impl SigningKey {
+    pub fn named(name: &str) -> SigningKey {
+        SigningKey {
+            name: name.to_owned(),
+            secret: format!("{KEYS_DIR}/{name}.key"),
+            public: format!("{KEYS_DIR}/{name}.pub"),
+        }
+    }
+
+    /// `enforcerd keygen --secret-key K --public-key P --no-password --force`.
+    pub fn generate(&self) -> CommandOutput {
+        let _ = std::fs::create_dir_all(KEYS_DIR);
+        run_command(
+            ENFORCERD,
+            &[
+                "keygen",
+                "--secret-key",
+                &self.secret,
+                "--public-key",
+                &self.public,
+                "--no-password",
+                "--force",
+            ],
+        )
+    }
+}
+
+/// The key pair `name`, generated on first use in this boot.
+pub fn signing_key(name: &str) -> Result<SigningKey> {
+    let key = SigningKey::named(name);
+    if !(Path::new(&key.secret).exists() && Path::new(&key.public).exists()) {
+        let out = key.generate();
+        if out.code != Some(0) {
+            bail!("enforcerd keygen for {name} failed: {}", out.summary());
+        }
+    }
+    Ok(key)
+}
+
+/// A fresh trusted-keys directory `/tmp/trusted/<name>` holding the public keys of `keys`.
+pub fn trusted_dir(name: &str, keys: &[&SigningKey]) -> Result<PathBuf> {
+    let dir = PathBuf::from(format!("/tmp/trusted/{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for k in keys {
+        std::fs::copy(&k.public, dir.join(format!("{}.pub", k.name)))
+            .with_context(|| format!("copying {} into {}", k.public, dir.display()))?;
+    }
+    Ok(dir)
+}
+
+/// `enforcerd sign --key K FILE...`: writes `FILE.sig` next to each file.
+pub fn sign(key: &SigningKey, files: &[&Path]) -> Result<()> {
+    let mut args = vec!["sign".to_owned(), "--key".to_owned(), key.secret.clone()];
+    for f in files {
+        args.push(f.to_str().context("non-UTF-8 path")?.to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_command(ENFORCERD, &args);
+    if out.code != Some(0) {
+        bail!("enforcerd sign failed: {}", out.summary());
+    }
+    Ok(())
+}
+
+/// `path` with `.sig` appended: the detached signature of a profile file.
+pub fn sig_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
+/// Flips one bit (ASCII case) of the first letter after `marker` in the file: the document
+/// still parses, but it is no longer the one that was signed.
+pub fn flip_byte_after(path: &Path, marker: &str) -> Result<()> {
+    let mut bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .with_context(|| format!("{marker:?} not in {}", path.display()))?
+        + marker.len();
+    let i = (at..bytes.len())
+        .find(|&i| bytes[i].is_ascii_alphabetic())
+        .with_context(|| format!("no letter after {marker:?} in {}", path.display()))?;
+    bytes[i] ^= 0x20;
+    std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A string value of a JSON object, or "".
+pub fn json_str<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v.get(key).and_then(serde_json::Value::as_str).unwrap_or("")
+}
+
+/// Whether `s` is `sha256:` followed by 64 hex digits.
+pub fn is_sha256_ref(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Sections that govern nothing, for profiles that only test one hook.
@@ -103,6 +226,22 @@ pub const CONNECT_ALLOW_ALL: &str = "  network:\n    connect:\n      default: al
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flipping_a_byte_changes_one_letter_after_the_marker() {
+        let d = std::env::temp_dir().join(format!("vm-tests-flip-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("p.yaml");
+        std::fs::write(&f, "a: 1\n# revision 3\n").unwrap();
+        flip_byte_after(&f, "# ").unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "a: 1\n# Revision 3\n");
+        assert!(flip_byte_after(&f, "nope").is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+        assert_eq!(sig_path(Path::new("/p/a.yaml")), Path::new("/p/a.yaml.sig"));
+        assert!(is_sha256_ref(&format!("sha256:{}", "0a".repeat(32))));
+        assert!(!is_sha256_ref(&format!("sha256:{}", "0g".repeat(32))));
+        assert!(!is_sha256_ref("sha256:00"));
+    }
 
     #[test]
     fn profile_documents_are_yaml_with_the_body_under_spec() {

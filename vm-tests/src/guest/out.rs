@@ -1,6 +1,6 @@
 //! Console output and the per-scenario check recorder.
 
-use super::daemon::Daemon;
+use super::daemon::{Daemon, Trust};
 use super::sys::{Cgroup, Exec, Outcome, Run, exec_in, op_in};
 use crate::protocol::{CheckResult, Event};
 use std::io::Write as _;
@@ -130,9 +130,29 @@ impl Ctx {
     /// Starts the daemon on a profile directory and records the `check` that it became ready.
     /// An error means the rest of the scenario cannot run.
     pub fn start_daemon(&mut self, profiles: &std::path::Path, check: &str) -> anyhow::Result<()> {
+        self.start_daemon_with(profiles, &Trust::AllowUnsigned, check)
+    }
+
+    /// [`Ctx::start_daemon`] without `--allow-unsigned`: only profiles signed by a key in
+    /// `trusted_keys` are applied.
+    pub fn start_daemon_trusting(
+        &mut self,
+        profiles: &std::path::Path,
+        trusted_keys: &std::path::Path,
+        check: &str,
+    ) -> anyhow::Result<()> {
+        self.start_daemon_with(profiles, &Trust::Keys(trusted_keys.to_owned()), check)
+    }
+
+    fn start_daemon_with(
+        &mut self,
+        profiles: &std::path::Path,
+        trust: &Trust,
+        check: &str,
+    ) -> anyhow::Result<()> {
         self.stop_daemon_quietly();
         let tag = format!("{}-{check}", self.scenario);
-        match Daemon::start(profiles, &tag) {
+        match Daemon::start_with(profiles, &tag, trust) {
             Ok(d) => {
                 let after = d.ready_after;
                 self.daemon = Some(d);

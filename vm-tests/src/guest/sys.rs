@@ -76,6 +76,7 @@ pub fn signal_name(s: i32) -> String {
         libc::SIGSYS => "SIGSYS".into(),
         libc::SIGINT => "SIGINT".into(),
         libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGUSR1 => "SIGUSR1".into(),
         _ => format!("signal {s}"),
     }
 }
@@ -491,6 +492,197 @@ pub fn exec_in(cgroup: Option<&Cgroup>, exec: &Exec) -> Run {
     Run { pid, outcome }
 }
 
+/// A child forked into a cgroup that keeps running while the runner goes on (a workload, a
+/// poller). It reports through a pipe, one text line per message; the runner reads the lines
+/// as they come and collects the rest and the exit status with [`Spawned::finish`]. Dropping
+/// an unfinished child kills it.
+pub struct Spawned {
+    pub pid: i32,
+    rd: RawFd,
+    buf: Vec<u8>,
+    eof: bool,
+    reaped: bool,
+}
+
+/// Forks a child that joins `cgroup` (when given) and runs `body`, whose return value is its
+/// exit status. `body` gets the write end of the report pipe (see [`write_line`]). A child
+/// that cannot join the cgroup reports `join-failed <errno>` and exits 126.
+pub fn spawn_in(cgroup: Option<&Cgroup>, body: impl FnOnce(RawFd) -> i32) -> Result<Spawned> {
+    let procs = cgroup.map(Cgroup::procs);
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        anyhow::bail!("pipe2: {}", errno_name(errno()));
+    }
+    let (rd, wr) = (fds[0], fds[1]);
+    // SAFETY: the runner is single-threaded, so the child may run arbitrary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = errno();
+        // SAFETY: closing our own fds.
+        unsafe {
+            libc::close(rd);
+            libc::close(wr);
+        }
+        anyhow::bail!("fork: {}", errno_name(e));
+    }
+    if pid == 0 {
+        // SAFETY: child side; only our own fds and _exit.
+        unsafe {
+            libc::close(rd);
+            if let Some(p) = &procs
+                && let Err(e) = join_cgroup(p)
+            {
+                write_line(wr, &format!("join-failed {e}"));
+                libc::_exit(126);
+            }
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(wr)))
+                .unwrap_or(EXIT_PANICKED);
+            libc::_exit(code);
+        }
+    }
+    // SAFETY: parent side; closing the write end we handed to the child.
+    unsafe { libc::close(wr) };
+    Ok(Spawned {
+        pid,
+        rd,
+        buf: Vec::new(),
+        eof: false,
+        reaped: false,
+    })
+}
+
+/// Writes one line to a report pipe (child side).
+pub fn write_line(fd: RawFd, line: &str) {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writing from a live buffer to a pipe fd we own.
+        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        done += n as usize;
+    }
+}
+
+impl Spawned {
+    /// Reads what the child wrote, waiting at most `timeout` for more; false at end of file.
+    fn fill(&mut self, timeout: Duration) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.rd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(60_000) as i32) };
+        if n <= 0 {
+            return true;
+        }
+        let mut chunk = [0u8; 4096];
+        // SAFETY: reading into a stack buffer.
+        let r = unsafe { libc::read(self.rd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if r < 0 && errno() == libc::EINTR {
+            return true;
+        }
+        if r <= 0 {
+            self.eof = true;
+            return false;
+        }
+        self.buf.extend_from_slice(&chunk[..r as usize]);
+        true
+    }
+
+    /// The next line the child wrote, waiting at most `timeout`; `None` on timeout or when the
+    /// child closed its end without writing another line.
+    pub fn read_line(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&line[..i]).into_owned());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.fill(left) {
+                return None;
+            }
+        }
+    }
+
+    /// Sends `sig` to the child.
+    pub fn signal(&self, sig: i32) {
+        if !self.reaped {
+            // SAFETY: signalling our own, not yet reaped child.
+            unsafe { libc::kill(self.pid, sig) };
+        }
+    }
+
+    /// Waits (at most `timeout`, then kills it) for the child to close its pipe and exit;
+    /// returns the lines it wrote that were not read yet, and how it ended.
+    pub fn finish(mut self, timeout: Duration) -> (Vec<String>, WaitStatus) {
+        let deadline = Instant::now() + timeout;
+        while !self.eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.fill(left);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let status = wait_child(self.pid, left.max(Duration::from_millis(100)));
+        self.reaped = true;
+        let text = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        (text.lines().map(str::to_owned).collect(), status)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(self.pid, &mut status, 0);
+            }
+        }
+        // SAFETY: closing our read end.
+        unsafe { libc::close(self.rd) };
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one time base for the runner and its children.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime fills a zeroed timespec.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+/// `open(path, O_RDONLY)` and close: `Ok` or the errno.
+pub fn try_open(path: &CStr) -> Result<(), i32> {
+    // SAFETY: plain syscalls on a valid NUL-terminated path.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(errno());
+        }
+        libc::close(fd);
+    }
+    Ok(())
+}
+
 // ---- operations a child performs (they return the errno on failure) ----
 
 /// `open(path, flags)`, then close.
@@ -672,6 +864,36 @@ mod tests {
             );
             assert_eq!(r.outcome, Outcome::Exited(4));
         }
+    }
+
+    #[test]
+    fn spawned_children_report_lines_and_stop_on_a_signal() {
+        let mut child = spawn_in(None, |wr| {
+            write_line(wr, "ready");
+            // SAFETY: waiting for a signal in the child.
+            unsafe { libc::pause() };
+            0
+        })
+        .unwrap();
+        assert_eq!(
+            child.read_line(Duration::from_secs(5)).as_deref(),
+            Some("ready")
+        );
+        child.signal(libc::SIGTERM);
+        let (rest, status) = child.finish(Duration::from_secs(5));
+        assert!(rest.is_empty());
+        assert_eq!(status, WaitStatus::Signaled(libc::SIGTERM));
+        let child = spawn_in(None, |wr| {
+            write_line(wr, "a");
+            write_line(wr, "b");
+            3
+        })
+        .unwrap();
+        let (rest, status) = child.finish(Duration::from_secs(5));
+        assert_eq!(rest, ["a", "b"]);
+        assert_eq!(status, WaitStatus::Exited(3));
+        assert_eq!(try_open(c"/nonexistent/file"), Err(libc::ENOENT));
+        assert!(monotonic_ns() > 0);
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod environment;
 mod exec_allowlist;
 mod files;
 mod kill_on_violation;
+mod live_reload_without_gap;
 mod nested_cgroups_and_namespaces;
+mod signed_profiles;
+mod status_and_permissions;
 
 use super::out::Ctx;
 use anyhow::{Result, bail};
@@ -26,6 +29,15 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
             nested_cgroups_and_namespaces::no_escape_through_child_cgroups_or_namespaces(ctx)
         }
         "bad_input" => bad_input::bad_profiles_are_refused_and_valid_ones_still_enforced(ctx),
+        "signed_profiles" => {
+            signed_profiles::only_profiles_signed_by_a_trusted_key_are_enforced(ctx)
+        }
+        "live_reload_without_gap" => {
+            live_reload_without_gap::replacing_a_profile_never_leaves_a_gap(ctx)
+        }
+        "status_and_permissions" => {
+            status_and_permissions::status_shows_what_is_enforced_to_root_only(ctx)
+        }
         other => bail!("no scenario named {other}"),
     }
 }

@@ -10,6 +10,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::reconcile::Outcome;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
@@ -60,13 +62,9 @@ pub struct ReloadStatus {
     pub duration_ms: u64,
     /// No file was refused.
     pub ok: bool,
-    pub added: Vec<String>,
-    pub replaced: Vec<String>,
-    pub removed: Vec<String>,
-    pub unchanged: Vec<String>,
-    /// Profiles whose previous version stays in force because their file was refused.
-    pub kept: Vec<String>,
-    pub problems: Vec<String>,
+    /// Which profiles were added, replaced, removed, left unchanged or kept, and every refusal.
+    #[serde(flatten)]
+    pub outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,15 +228,15 @@ pub fn render(s: &Status) -> String {
                 r.trigger,
                 r.duration_ms,
                 if r.ok { "ok" } else { "with refusals" },
-                r.added.len(),
-                r.replaced.len(),
-                r.removed.len(),
-                r.unchanged.len()
+                r.outcome.added.len(),
+                r.outcome.replaced.len(),
+                r.outcome.removed.len(),
+                r.outcome.unchanged.len()
             );
-            for k in &r.kept {
+            for k in &r.outcome.kept {
                 let _ = writeln!(o, "  kept previous version of {k}");
             }
-            for p in &r.problems {
+            for p in &r.outcome.problems {
                 let _ = writeln!(o, "  refused {p}");
             }
         }
@@ -357,8 +355,11 @@ mod tests {
             last_reload: Some(ReloadStatus {
                 trigger: "SIGHUP".into(),
                 ok: false,
-                kept: vec!["web".into()],
-                problems: vec!["/p/web.yaml: missing signature /p/web.yaml.sig".into()],
+                outcome: Outcome {
+                    kept: vec!["web".into()],
+                    problems: vec!["/p/web.yaml: missing signature /p/web.yaml.sig".into()],
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             profiles: vec![ProfileStatus {

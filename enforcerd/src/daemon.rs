@@ -336,12 +336,7 @@ impl Daemon {
             trigger: trigger.into(),
             duration_ms: took.as_millis() as u64,
             ok: out.problems.is_empty(),
-            added: out.added,
-            replaced: out.replaced,
-            removed: out.removed,
-            unchanged: out.unchanged,
-            kept: out.kept,
-            problems: out.problems,
+            outcome: out,
         });
     }
 

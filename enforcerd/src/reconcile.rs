@@ -63,7 +63,7 @@ impl Applied {
 }
 
 /// What a reload did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub added: Vec<String>,
     pub replaced: Vec<String>,

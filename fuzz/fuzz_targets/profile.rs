@@ -23,7 +23,10 @@ const ID: u32 = 1;
 fuzz_target!(|data: &[u8]| {
     // The locator used for diagnostics about several values walks any document.
     if let Some(pos) = profile::name_position(data) {
-        assert!(pos.0 >= 1 && pos.1 >= 1, "name_position {pos:?} is not 1-based");
+        assert!(
+            pos.0 >= 1 && pos.1 >= 1,
+            "name_position {pos:?} is not 1-based"
+        );
     }
     match profile::parse(Path::new(SOURCE), data) {
         Err(d) => check_diagnostic(&d),
@@ -38,10 +41,21 @@ fuzz_target!(|data: &[u8]| {
 
 fn check_diagnostic(d: &Diagnostic) {
     let shown = d.to_string();
-    assert_eq!(d.file, Path::new(SOURCE), "diagnostic names another file: {shown}");
-    assert!(shown.starts_with(SOURCE), "diagnostic does not start with the file: {shown}");
+    assert_eq!(
+        d.file,
+        Path::new(SOURCE),
+        "diagnostic names another file: {shown}"
+    );
+    assert!(
+        shown.starts_with(SOURCE),
+        "diagnostic does not start with the file: {shown}"
+    );
     assert!(!d.message.is_empty(), "diagnostic without a message");
-    assert_eq!(d.line.is_some(), d.column.is_some(), "half a position: {d:?}");
+    assert_eq!(
+        d.line.is_some(),
+        d.column.is_some(),
+        "half a position: {d:?}"
+    );
     if let (Some(line), Some(column)) = (d.line, d.column) {
         assert!(line >= 1 && column >= 1, "position not 1-based: {shown}");
     }
@@ -56,13 +70,26 @@ fn check_profile(p: &Profile, data: &[u8]) {
         check_rule_path(path);
     }
     for path in &p.exec.allow {
-        assert!(!p.exec.deny.contains(path), "{path} both allowed and denied");
+        assert!(
+            !p.exec.deny.contains(path),
+            "{path} both allowed and denied"
+        );
     }
     for rule in &p.files.rules {
         check_rule_path(&rule.path);
-        assert!(rule.read || rule.write, "file rule for {} decides nothing", rule.path);
+        assert!(
+            rule.read || rule.write,
+            "file rule for {} decides nothing",
+            rule.path
+        );
     }
-    for rule in p.network.connect.allow.iter().chain(&p.network.connect.deny) {
+    for rule in p
+        .network
+        .connect
+        .allow
+        .iter()
+        .chain(&p.network.connect.deny)
+    {
         check_net_rule(rule);
     }
 }
@@ -70,14 +97,24 @@ fn check_profile(p: &Profile, data: &[u8]) {
 fn check_rule_path(path: &RulePath) {
     let s = path.as_str();
     assert!(s.starts_with('/'), "rule path `{s}` is not absolute");
-    assert!(!s.contains('\0') && !s.contains("//"), "rule path {s:?} is not normalized");
+    assert!(
+        !s.contains('\0') && !s.contains("//"),
+        "rule path {s:?} is not normalized"
+    );
     assert!(
         !s.split('/').any(|c| c == "." || c == ".."),
         "rule path `{s}` has a dot component"
     );
-    assert_eq!(path.is_subtree(), s.ends_with('/'), "rule path `{s}` has the wrong kind");
+    assert_eq!(
+        path.is_subtree(),
+        s.ends_with('/'),
+        "rule path `{s}` has the wrong kind"
+    );
     let stored = s.len() + usize::from(!path.is_subtree());
-    assert!(stored <= RULE_PATH_BYTES, "rule path `{s}` does not fit a key");
+    assert!(
+        stored <= RULE_PATH_BYTES,
+        "rule path `{s}` does not fit a key"
+    );
 }
 
 fn check_net_rule(rule: &NetRuleSpec) {
@@ -88,7 +125,11 @@ fn check_net_rule(rule: &NetRuleSpec) {
         rule.cidr
     );
     assert!(!rule.ports.contains(&0), "port 0 in {:?}", rule.ports);
-    assert!(rule.ports.windows(2).all(|w| w[0] < w[1]), "ports not sorted: {:?}", rule.ports);
+    assert!(
+        rule.ports.windows(2).all(|w| w[0] < w[1]),
+        "ports not sorted: {:?}",
+        rule.ports
+    );
     assert!(!rule.protocols.is_empty(), "rule without protocol");
 }
 
@@ -105,16 +146,33 @@ fn is_verdict(v: u8) -> bool {
 
 /// The bytes a path key stores, after checking the key's shape.
 fn key_bytes(len: u32, key: &enforcerd_common::PathKey) -> Vec<u8> {
-    assert_eq!(key.profile_id, ID.to_be_bytes(), "path key with the wrong profile id");
-    assert!(len >= 32 && (len - 32) % 8 == 0, "path prefix_len {len} is not 32 + 8*n");
+    assert_eq!(
+        key.profile_id,
+        ID.to_be_bytes(),
+        "path key with the wrong profile id"
+    );
+    assert!(
+        len >= 32 && (len - 32).is_multiple_of(8),
+        "path prefix_len {len} is not 32 + 8*n"
+    );
     let n = ((len - 32) / 8) as usize;
-    assert!((1..=RULE_PATH_BYTES).contains(&n), "path prefix_len {len}: n = {n}");
-    assert!(key.path[n..].iter().all(|b| *b == 0), "path key has bytes past its prefix");
+    assert!(
+        (1..=RULE_PATH_BYTES).contains(&n),
+        "path prefix_len {len}: n = {n}"
+    );
+    assert!(
+        key.path[n..].iter().all(|b| *b == 0),
+        "path key has bytes past its prefix"
+    );
     let stored = key.path[..n].to_vec();
     assert_eq!(stored[0], b'/', "stored path {stored:?} is not absolute");
     match stored.iter().position(|b| *b == 0) {
         Some(i) => assert_eq!(i, n - 1, "NUL inside stored path {stored:?}"),
-        None => assert_eq!(stored[n - 1], b'/', "stored path {stored:?} neither exact nor subtree"),
+        None => assert_eq!(
+            stored[n - 1],
+            b'/',
+            "stored path {stored:?} neither exact nor subtree"
+        ),
     }
     stored
 }
@@ -173,7 +231,10 @@ fn check_exec(p: &Profile, c: &CompiledProfile) {
         assert!(is_verdict(rule.verdict), "exec verdict {}", rule.verdict);
         got.push((key_bytes(*len, key), rule.verdict));
     }
-    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "exec entries not sorted and unique");
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "exec entries not sorted and unique"
+    );
     let got: BTreeMap<Vec<u8>, u8> = got.into_iter().collect();
     assert_eq!(got, expected, "exec entries differ from the listed paths");
 }
@@ -217,7 +278,10 @@ fn check_files(p: &Profile, c: &CompiledProfile) {
         assert!(is_verdict(rule.write), "file write verdict {}", rule.write);
         got.push((key_bytes(*len, key), (rule.read, rule.write)));
     }
-    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "file entries not sorted and unique");
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "file entries not sorted and unique"
+    );
     let got: BTreeMap<Vec<u8>, (u8, u8)> = got.into_iter().collect();
 
     let mut expected: BTreeMap<Vec<u8>, (u8, u8)> = BTreeMap::new();
@@ -230,13 +294,19 @@ fn check_files(p: &Profile, c: &CompiledProfile) {
         );
         expected.insert(stored(path), v);
     }
-    assert_eq!(got, expected, "file entries differ from the most-specific-rule resolution");
+    assert_eq!(
+        got, expected,
+        "file entries differ from the most-specific-rule resolution"
+    );
 }
 
 fn check_net(p: &Profile, c: &CompiledProfile) {
     // Expected entries: allow first, then deny overriding (deny wins on the same key).
     let mut expected: BTreeMap<(u8, u8, u16, [u8; 16], u8), u8> = BTreeMap::new();
-    let lists = [(&p.network.connect.allow, verdict::ALLOW), (&p.network.connect.deny, verdict::DENY)];
+    let lists = [
+        (&p.network.connect.allow, verdict::ALLOW),
+        (&p.network.connect.deny, verdict::DENY),
+    ];
     for (rules, v) in lists {
         for rule in rules {
             let (fam, addr, bits) = match rule.cidr {
@@ -247,7 +317,11 @@ fn check_net(p: &Profile, c: &CompiledProfile) {
                 }
                 IpNet::V6(n) => (family::IPV6, n.network().octets(), n.prefix_len()),
             };
-            let ports = if rule.ports.is_empty() { vec![0] } else { rule.ports.clone() };
+            let ports = if rule.ports.is_empty() {
+                vec![0]
+            } else {
+                rule.ports.clone()
+            };
             for proto in &rule.protocols {
                 let proto = match proto {
                     Protocol::Tcp => protocol::TCP,
@@ -262,10 +336,18 @@ fn check_net(p: &Profile, c: &CompiledProfile) {
 
     let mut got = Vec::new();
     for (len, key, rule) in &c.net_rules {
-        assert_eq!(key.profile_id, ID.to_be_bytes(), "net key with the wrong profile id");
+        assert_eq!(
+            key.profile_id,
+            ID.to_be_bytes(),
+            "net key with the wrong profile id"
+        );
         assert!(is_verdict(rule.verdict), "net verdict {}", rule.verdict);
         assert!(*len <= 192, "net prefix_len {len} > 192");
-        assert_eq!(*len, 64 + u32::from(rule.cidr_len), "net prefix_len {len} vs cidr_len");
+        assert_eq!(
+            *len,
+            64 + u32::from(rule.cidr_len),
+            "net prefix_len {len} vs cidr_len"
+        );
         assert!(
             key.protocol == protocol::TCP || key.protocol == protocol::UDP,
             "net protocol {}",
@@ -276,23 +358,48 @@ fn check_net(p: &Profile, c: &CompiledProfile) {
             family::IPV6 => 128,
             f => panic!("net family {f}"),
         };
-        assert!(rule.cidr_len <= max, "cidr_len {} for family {}", rule.cidr_len, key.family);
+        assert!(
+            rule.cidr_len <= max,
+            "cidr_len {} for family {}",
+            rule.cidr_len,
+            key.family
+        );
         if key.family == family::IPV4 {
-            assert!(key.addr[4..].iter().all(|b| *b == 0), "IPv4 key with bytes past 4");
+            assert!(
+                key.addr[4..].iter().all(|b| *b == 0),
+                "IPv4 key with bytes past 4"
+            );
         }
         // Host bits are zero.
         let addr = u128::from_be_bytes(key.addr);
         let bits = u32::from(rule.cidr_len);
         let used = if key.family == family::IPV4 { 32 } else { 128 };
-        let host = if key.family == family::IPV4 { addr >> 96 } else { addr };
+        let host = if key.family == family::IPV4 {
+            addr >> 96
+        } else {
+            addr
+        };
         let host_mask = u128::MAX.checked_shr(128 - (used - bits)).unwrap_or(0);
-        assert_eq!(host & host_mask, 0, "net key with host bits set: {key:?}/{bits}");
+        assert_eq!(
+            host & host_mask,
+            0,
+            "net key with host bits set: {key:?}/{bits}"
+        );
         got.push((
-            (key.protocol, key.family, u16::from_be_bytes(key.port), key.addr, rule.cidr_len),
+            (
+                key.protocol,
+                key.family,
+                u16::from_be_bytes(key.port),
+                key.addr,
+                rule.cidr_len,
+            ),
             rule.verdict,
         ));
     }
-    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "net entries not sorted and unique");
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "net entries not sorted and unique"
+    );
     let got: BTreeMap<_, _> = got.into_iter().collect();
     assert_eq!(got, expected, "net entries differ from the rules");
 }

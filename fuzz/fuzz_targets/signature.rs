@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
 
     match verify_signature(&keys, Path::new(PROFILE), profile, signature) {
         Ok(key_id) => {
-            assert_eq!(key_id, KEY_ID, "accepted under a key id that is not trusted");
+            assert_eq!(
+                key_id, KEY_ID,
+                "accepted under a key id that is not trusted"
+            );
             assert_eq!(
                 profile::sha256(profile),
                 SIGNED_SHA256,

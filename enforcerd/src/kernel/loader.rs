@@ -13,7 +13,7 @@ use enforcerd_common::{
     ExecRule, FileRule, NetKey, NetRule, PathKey, ProfileConfig, counter, maps as names,
 };
 
-use super::btf::Offsets;
+use super::{btf::Offsets, rcu::RcuBarrier};
 use crate::{compile::CompiledProfile, reconcile::KernelMaps};
 
 /// The BPF programs, built by build.rs from `lsm-ebpf`.
@@ -61,6 +61,7 @@ pub struct Enforcer {
     ebpf: Ebpf,
     pub programs: Vec<ProgramStats>,
     attached: bool,
+    barrier: RcuBarrier,
 }
 
 impl Enforcer {
@@ -97,10 +98,13 @@ impl Enforcer {
                 verified_instructions,
             });
         }
+        let barrier = RcuBarrier::new()
+            .map_err(|e| LoadError::Object(format!("cannot create the RCU barrier map: {e}")))?;
         Ok(Enforcer {
             ebpf,
             programs,
             attached: false,
+            barrier,
         })
     }
 
@@ -250,17 +254,14 @@ impl KernelMaps for Enforcer {
     }
 
     /// Waits until every program run that may have read the maps before this call has
-    /// finished. The programs run inside RCU read-side sections, and
-    /// `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period; after it, an old
-    /// profile id that no cgroup points at any more is no longer in use.
+    /// finished (an RCU grace period, see `rcu`); after it, an old profile id that no cgroup
+    /// points at any more is no longer in use.
     fn synchronize(&self) {
-        const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
-        // SAFETY: membarrier takes no pointers.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        if rc != 0 {
-            // nohz_full kernels refuse it: fall back to a pause far longer than any program
-            // run (they are a few microseconds).
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Err(e) = self.barrier.wait() {
+            // Not expected (the map exists and the update is valid); fall back to a pause far
+            // longer than any program run, and say so.
+            tracing::warn!("waiting for an RCU grace period failed ({e}); pausing 100 ms instead");
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 }

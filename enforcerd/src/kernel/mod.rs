@@ -3,5 +3,6 @@
 pub mod btf;
 pub mod loader;
 pub mod preflight;
+pub mod rcu;
 
 pub use loader::Enforcer;

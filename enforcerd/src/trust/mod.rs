@@ -121,20 +121,6 @@ fn read_signature(profile: &Path, sig_path: &Path) -> Result<Vec<u8>, Diagnostic
     Ok(signature)
 }
 
-/// Checks that the profile file at `profile` may be applied under `policy`.
-///
-/// Compatibility wrapper that loads the trusted keys and reads the file on every call; use a
-/// [`Verifier`] to load the keys once and to verify the very bytes that are then parsed.
-pub fn verify(policy: &TrustPolicy, profile: &Path) -> Result<(), Diagnostic> {
-    let verifier = Verifier::new(policy)?;
-    if verifier.allows_unsigned() {
-        return Ok(());
-    }
-    let bytes = std::fs::read(profile)
-        .map_err(|e| Diagnostic::new(profile, None, format!("cannot read: {e}")))?;
-    verifier.verify(profile, &bytes)
-}
-
 #[cfg(test)]
 pub(crate) mod testutil {
     //! Helpers for tests that need the reference `minisign` tool.
@@ -214,11 +200,6 @@ mod tests {
 
     #[test]
     fn allow_unsigned_accepts_without_reading_anything() {
-        verify(
-            &TrustPolicy::new(true, "/k".into()),
-            Path::new("/nonexistent/a.yaml"),
-        )
-        .unwrap();
         let v = Verifier::new(&TrustPolicy::AllowUnsigned).unwrap();
         assert!(v.allows_unsigned());
         v.verify(Path::new("/nonexistent/a.yaml"), b"anything")
@@ -264,14 +245,6 @@ mod tests {
             e,
             format!("{0}: missing signature {0}.sig", profile.display())
         );
-        // The compatibility wrapper says the same.
-        let e = verify(&TrustPolicy::new(false, keys), &profile)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            format!("{0}: missing signature {0}.sig", profile.display())
-        );
     }
 
     #[test]
@@ -305,7 +278,6 @@ mod tests {
 
         let v = Verifier::new(&TrustPolicy::new(false, keys.clone())).unwrap();
         v.verify(&profile, b"apiVersion: enforcerd/v1\n").unwrap();
-        verify(&TrustPolicy::new(false, keys), &profile).unwrap();
         let e = v
             .verify(&profile, b"apiVersion: enforcerd/v2\n")
             .unwrap_err()

@@ -120,10 +120,14 @@ impl Demo {
     /// text) and exits with `status`.
     fn expect_refused(&mut self, got: &Outcome, what: &str, status: i32) {
         if *got == Outcome::Exited(status) {
-            say(&format!("-> denied: the kernel refused the {what} with EPERM; the command exited {status}"));
+            say(&format!(
+                "-> denied: the kernel refused the {what} with EPERM; the command exited {status}"
+            ));
         } else {
             say(&format!("-> {}", words(got)));
-            say(&format!("   (unexpected: wanted exit status {status} after EPERM)"));
+            say(&format!(
+                "   (unexpected: wanted exit status {status} after EPERM)"
+            ));
             self.ok = false;
         }
     }
@@ -234,10 +238,16 @@ fn walk() -> anyhow::Result<bool> {
 
     heading(4, "A denied connect (cgroup /demo)");
     say("$ nc 127.0.0.1 8080 -e /bin/true     # allowed port");
-    let ok = exec_in(Some(&web), &Exec::path("/bin/nc", &["nc", "127.0.0.1", "8080", "-e", "/bin/true"]));
+    let ok = exec_in(
+        Some(&web),
+        &Exec::path("/bin/nc", &["nc", "127.0.0.1", "8080", "-e", "/bin/true"]),
+    );
     demo.expect(&ok.outcome, &Outcome::Exited(0));
     say("$ nc 127.0.0.1 9090 -e /bin/true     # not in the profile");
-    let r = exec_in(Some(&web), &Exec::path("/bin/nc", &["nc", "127.0.0.1", "9090", "-e", "/bin/true"]));
+    let r = exec_in(
+        Some(&web),
+        &Exec::path("/bin/nc", &["nc", "127.0.0.1", "9090", "-e", "/bin/true"]),
+    );
     demo.expect_refused(&r.outcome, "connect", 1);
     demo.ok &= show_decision(&mut d, "127.0.0.1:9090", r.pid);
 

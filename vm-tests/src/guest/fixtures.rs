@@ -212,6 +212,17 @@ pub fn json_str<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
     v.get(key).and_then(serde_json::Value::as_str).unwrap_or("")
 }
 
+/// The strings of a JSON array value (e.g. a status's `problems`), or none.
+pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether `s` is `sha256:` followed by 64 hex digits.
 pub fn is_sha256_ref(s: &str) -> bool {
     s.strip_prefix("sha256:")

@@ -157,10 +157,22 @@ pub fn bad_profiles_are_refused_and_valid_ones_still_enforced(ctx: &mut Ctx) -> 
     );
 
     // Without privileges the kernel cannot enforce: exit 3 and a message that says so.
-    let out = run_command_as(ENFORCERD, &["run", "--profiles", dir.to_str().context("path")?, "--allow-unsigned"], Some(65534));
+    let out = run_command_as(
+        ENFORCERD,
+        &[
+            "run",
+            "--profiles",
+            dir.to_str().context("path")?,
+            "--allow-unsigned",
+        ],
+        Some(65534),
+    );
     ctx.check(
         "run_as_non_root_exits_3",
-        out.code == Some(3) && out.stderr.contains("enforcerd must run as root (effective uid is 65534)"),
+        out.code == Some(3)
+            && out
+                .stderr
+                .contains("enforcerd must run as root (effective uid is 65534)"),
         "exit 3, stderr: enforcerd must run as root (effective uid is 65534) ...",
         format!("{}\n{}", out.status, out.stderr.trim_end()),
         None,

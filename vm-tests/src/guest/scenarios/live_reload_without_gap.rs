@@ -479,15 +479,7 @@ fn last_reload_at() -> String {
 }
 
 fn reload_problems(s: &Value) -> Vec<String> {
-    s.get("last_reload")
-        .and_then(|r| r.get("problems"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    fixtures::json_strings(&s["last_reload"]["problems"])
 }
 
 fn profile_entry<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {

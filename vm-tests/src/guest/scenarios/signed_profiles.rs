@@ -74,14 +74,7 @@ fn check_json(keys: &Path, file: &Path) -> Result<(Option<i32>, Option<Value>, S
 }
 
 fn problems(v: &Value) -> Vec<String> {
-    v.get("problems")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    fixtures::json_strings(&v["problems"])
 }
 
 pub fn only_profiles_signed_by_a_trusted_key_are_enforced(ctx: &mut Ctx) -> Result<()> {

@@ -178,6 +178,11 @@ pub struct Event {
     /// `bpf_ktime_get_boot_ns()` at the decision.
     pub boot_ns: u64,
     pub cgroup_id: u64,
+    /// Inode number of the file (exec and file hooks), part of the aggregation key.
+    pub inode: u64,
+    /// Identical decisions folded into the aggregation entry of this record's key so far
+    /// (monotonic, see `AggState`); 0 when the key has no entry.
+    pub folded: u64,
     pub profile_id: u32,
     /// Thread group id (the process id users know).
     pub pid: u32,
@@ -206,7 +211,51 @@ pub struct Event {
     /// itself was made on the right path). When larger than `EVENT_PATH_BYTES`, `path` holds
     /// the first bytes only.
     pub path_len: i32,
+    /// Where the process's executable path starts in `exe` (it ends at `EXE_PATH_BYTES`), or
+    /// a negative errno when it could not be read (kernel thread, a path longer than
+    /// `EXE_PATH_BYTES`, a failed read).
+    pub exe_start: i32,
+    /// Device (`s_dev`) of the file's filesystem (exec and file hooks).
+    pub dev: u32,
     pub path: [u8; EVENT_PATH_BYTES],
+    /// The executable path, built from its last component backwards, occupying
+    /// `exe[exe_start..EXE_PATH_BYTES]` (not NUL-terminated). The second half is room the
+    /// verifier needs to see every write in bounds.
+    pub exe: [u8; 2 * EXE_PATH_BYTES],
+}
+
+/// Longest executable path a decision record carries.
+pub const EXE_PATH_BYTES: usize = 256;
+
+/// Key of the `AGGREGATES` map: what makes two decisions "identical" for aggregation — the
+/// same cgroup, profile, hook, decision, access and target: the same file (device and inode,
+/// so every path to one file is one target), or the same address, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    pub cgroup_id: u64,
+    pub inode: u64,
+    pub profile_id: u32,
+    pub hook: u8,
+    pub decision: u8,
+    pub access: u8,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: u8,
+    pub port: u16,
+    pub dev: u32,
+    pub addr: [u8; 16],
+}
+
+/// Value of the `AGGREGATES` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggState {
+    /// `boot_ns` of the last record written for this key: decisions within
+    /// `globals::AGG_WINDOW_NS` of it are folded here instead of written.
+    pub window_start: u64,
+    /// Decisions folded so far (atomic adds; never reset, so readers take differences).
+    pub folded: u64,
 }
 
 /// Index of the per-hook counters in the `COUNTERS` per-CPU array: `hook * COUNTER_KINDS +
@@ -218,7 +267,9 @@ pub mod counter {
     pub const AUDITED: u32 = 3;
     /// Decision records lost because the ring buffer was full.
     pub const DROPPED: u32 = 4;
-    pub const KINDS: u32 = 5;
+    /// Decisions folded into an aggregation entry instead of writing a record.
+    pub const AGGREGATED: u32 = 5;
+    pub const KINDS: u32 = 6;
     /// Entries in the array: hooks are 1..=3.
     pub const ENTRIES: u32 = 4 * KINDS;
 }
@@ -232,6 +283,24 @@ pub mod globals {
     pub const SOCKET_TYPE: &str = "OFF_SOCKET_TYPE";
     pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
     pub const TASK_TGID: &str = "OFF_TASK_TGID";
+    pub const TASK_MM: &str = "OFF_TASK_MM";
+    pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
+    pub const PATH_MNT: &str = "OFF_PATH_MNT";
+    pub const PATH_DENTRY: &str = "OFF_PATH_DENTRY";
+    pub const DENTRY_D_PARENT: &str = "OFF_DENTRY_D_PARENT";
+    pub const DENTRY_D_NAME: &str = "OFF_DENTRY_D_NAME";
+    pub const QSTR_LEN: &str = "OFF_QSTR_LEN";
+    pub const QSTR_NAME: &str = "OFF_QSTR_NAME";
+    pub const VFSMOUNT_MNT_ROOT: &str = "OFF_VFSMOUNT_MNT_ROOT";
+    pub const MOUNT_MNT: &str = "OFF_MOUNT_MNT";
+    pub const MOUNT_MNT_PARENT: &str = "OFF_MOUNT_MNT_PARENT";
+    pub const MOUNT_MNT_MOUNTPOINT: &str = "OFF_MOUNT_MNT_MOUNTPOINT";
+    /// Aggregation window in nanoseconds; 0 turns aggregation off.
+    pub const AGG_WINDOW_NS: &str = "AGG_WINDOW_NS";
+    pub const FILE_F_INODE: &str = "OFF_FILE_F_INODE";
+    pub const INODE_I_INO: &str = "OFF_INODE_I_INO";
+    pub const INODE_I_SB: &str = "OFF_INODE_I_SB";
+    pub const SUPER_BLOCK_S_DEV: &str = "OFF_SUPER_BLOCK_S_DEV";
 }
 
 /// Names of the maps, as the BPF object defines them.
@@ -243,6 +312,7 @@ pub mod maps {
     pub const NET_RULES: &str = "NET_RULES";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const AGGREGATES: &str = "AGGREGATES";
 }
 
 /// Map capacities. The tries allocate on insert, so a large maximum costs nothing until used.
@@ -254,6 +324,9 @@ pub mod capacity {
     pub const NET_RULES: u32 = 65_536;
     /// Ring buffer bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 20;
+    /// Aggregation entries (allocated on insert; the daemon deletes idle ones). When full,
+    /// new targets are reported without aggregation.
+    pub const AGGREGATES: u32 = 16_384;
 }
 
 const _: () = {
@@ -262,7 +335,13 @@ const _: () = {
     assert!(core::mem::size_of::<NetKey>() == 24);
     assert!(core::mem::size_of::<FileRule>() == 2);
     assert!(core::mem::size_of::<NetRule>() == 2);
-    assert!(core::mem::size_of::<Event>() == 8 + 8 + 5 * 4 + 8 + 16 + 16 + 4 + EVENT_PATH_BYTES);
+    assert!(
+        core::mem::size_of::<Event>()
+            == 4 * 8 + 5 * 4 + 8 + 16 + 16 + 3 * 4 + EVENT_PATH_BYTES + 2 * EXE_PATH_BYTES
+    );
+    assert!(core::mem::size_of::<Event>() % 8 == 0);
+    assert!(core::mem::size_of::<AggKey>() == 48);
+    assert!(core::mem::size_of::<AggState>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -276,4 +355,6 @@ mod pod {
     unsafe impl aya::Pod for super::NetKey {}
     unsafe impl aya::Pod for super::NetRule {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::AggKey {}
+    unsafe impl aya::Pod for super::AggState {}
 }

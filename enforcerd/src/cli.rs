@@ -2,6 +2,7 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand};
@@ -9,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     control,
-    daemon::{self, RunOptions},
+    daemon::{self, DecisionsTo, RunOptions},
     exit, paths, profile,
+    report::{self, Decision},
     trust::{self, TrustPolicy, Verifier},
 };
 
@@ -33,14 +35,18 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the daemon: load the profiles, enforce them, print each non-allow decision as one
-    /// JSON line on stdout. SIGTERM or SIGINT detaches the programs and exits.
+    /// Run the daemon: load the profiles, enforce them, report each non-allow decision (one
+    /// JSON line on stdout, or the journal under systemd). SIGTERM or SIGINT detaches the
+    /// programs and exits.
     Run(RunArgs),
     /// Parse, validate and verify profile files without loading anything; exit 0 only if all
     /// pass. Each problem is printed as FILE:LINE:COLUMN: message.
     Check(CheckArgs),
     /// Show what the running daemon enforces and how it is doing (root only).
     Status(StatusArgs),
+    /// Show the running daemon's recent decisions, one line each; --follow keeps streaming new
+    /// ones (root only).
+    Events(EventsArgs),
     /// Create a minisign-compatible key pair for signing profiles.
     Keygen(KeygenArgs),
     /// Sign profile files: writes FILE.sig next to each (minisign-compatible).
@@ -50,6 +56,19 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
     /// Print the status as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = paths::CONTROL_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EventsArgs {
+    /// After the recent decisions, keep printing new ones until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Print each decision as the daemon's exact JSON line (spec.md "Decisions"), for scripts.
     #[arg(long)]
     pub json: bool,
     /// The daemon's control socket.
@@ -106,6 +125,22 @@ pub struct RunArgs {
     /// Development only: apply profiles without signature verification (warned at every load).
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9478). Off by default;
+    /// the endpoint has no authentication, so bind it to loopback or a node-internal address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Fold identical decisions (same cgroup, profile, hook, target and access) less than this
+    /// many milliseconds apart into one summary line with a count; 0 reports each one
+    /// [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub aggregate_window: Option<u64>,
+    /// Decision lines the daemon keeps in memory for `enforcerd events` [default: 1000]
+    #[arg(long, value_name = "LINES")]
+    pub history: Option<usize>,
+    /// Where decision lines go: `auto` is the journal when started by systemd, else stdout
+    /// [default: auto]
+    #[arg(long, value_name = "WHERE")]
+    pub decisions: Option<DecisionsTo>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +169,11 @@ pub struct Config {
     pub audit: bool,
     #[serde(default)]
     pub allow_unsigned: bool,
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Milliseconds.
+    pub aggregate_window: Option<u64>,
+    pub history: Option<usize>,
+    pub decisions: Option<DecisionsTo>,
 }
 
 impl Config {
@@ -182,6 +222,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check(args) => check(&args),
         Command::Status(args) => status(&args),
+        Command::Events(args) => events(&args),
         Command::Keygen(args) => keygen(&args),
         Command::Sign(args) => sign(&args),
     })
@@ -199,13 +240,26 @@ fn run(args: RunArgs) -> u8 {
         .trusted_keys
         .or(config.trusted_keys)
         .unwrap_or_else(|| paths::TRUSTED_KEYS_DIR.into());
-    daemon::run(RunOptions::new(
-        args.profiles
-            .or(config.profiles)
-            .unwrap_or_else(|| paths::PROFILES_DIR.into()),
-        args.audit || config.audit,
-        TrustPolicy::new(args.allow_unsigned || config.allow_unsigned, trusted_keys),
-    ))
+    let opts = RunOptions {
+        metrics_address: args.metrics_address.or(config.metrics_address),
+        aggregation_window: args
+            .aggregate_window
+            .or(config.aggregate_window)
+            .map_or(daemon::DEFAULT_AGGREGATION_WINDOW, Duration::from_millis),
+        history: args
+            .history
+            .or(config.history)
+            .unwrap_or(daemon::DEFAULT_HISTORY),
+        decisions_to: args.decisions.or(config.decisions).unwrap_or_default(),
+        ..RunOptions::new(
+            args.profiles
+                .or(config.profiles)
+                .unwrap_or_else(|| paths::PROFILES_DIR.into()),
+            args.audit || config.audit,
+            TrustPolicy::new(args.allow_unsigned || config.allow_unsigned, trusted_keys),
+        )
+    };
+    daemon::run(opts)
 }
 
 /// The result of checking one file.
@@ -323,6 +377,34 @@ fn status(args: &StatusArgs) -> u8 {
     }
 }
 
+fn events(args: &EventsArgs) -> u8 {
+    use std::io::Write as _;
+    let colour = report::render::colour(&std::io::stdout());
+    let mut out = std::io::stdout().lock();
+    let result = control::events(&args.socket, args.follow, |line| {
+        let written = match line {
+            control::EventLine::Lagged(n) => {
+                eprintln!("enforcerd events: missed {n} decisions (reading too slowly)");
+                Ok(())
+            }
+            control::EventLine::Decision(json) if args.json => writeln!(out, "{json}"),
+            control::EventLine::Decision(json) => match serde_json::from_str::<Decision>(&json) {
+                Ok(d) => writeln!(out, "{}", report::render::line(&d, colour)),
+                Err(_) => writeln!(out, "{json}"),
+            },
+        };
+        // Stop quietly when the reader (e.g. `head`) goes away.
+        written.and_then(|()| out.flush()).is_ok()
+    });
+    match result {
+        Ok(()) => exit::SUCCESS,
+        Err(e) => {
+            eprintln!("enforcerd events: {e}");
+            exit::REFUSED
+        }
+    }
+}
+
 /// The first line of a password file.
 fn read_password(file: Option<&Path>) -> Result<Option<String>, String> {
     let Some(file) = file else { return Ok(None) };
@@ -407,7 +489,8 @@ mod tests {
         let f = d.path().join("c.yaml");
         std::fs::write(
             &f,
-            "profiles: /p\ntrustedKeys: /k\naudit: true\nallowUnsigned: true\n",
+            "profiles: /p\ntrustedKeys: /k\naudit: true\nallowUnsigned: true\n\
+             metricsAddress: 127.0.0.1:9478\naggregateWindow: 250\nhistory: 50\ndecisions: journal\n",
         )
         .unwrap();
         let c = Config::load(Some(&f)).unwrap();
@@ -417,7 +500,11 @@ mod tests {
                 profiles: Some("/p".into()),
                 trusted_keys: Some("/k".into()),
                 audit: true,
-                allow_unsigned: true
+                allow_unsigned: true,
+                metrics_address: Some("127.0.0.1:9478".parse().unwrap()),
+                aggregate_window: Some(250),
+                history: Some(50),
+                decisions: Some(DecisionsTo::Journal),
             }
         );
         std::fs::write(&f, "profiles: /p\nprofile: /q\n").unwrap();

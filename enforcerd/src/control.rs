@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tokio::net::unix::OwnedWriteHalf;
 
 pub use crate::reconcile::Outcome;
 
@@ -16,6 +17,12 @@ pub use crate::reconcile::Outcome;
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Status,
+    /// The recent decision lines; with `follow`, then every new one until the client goes.
+    /// Answered with raw decision JSON lines (and `{"lagged":N}` when a follower fell behind
+    /// and missed N lines), not with a `Response`.
+    Events {
+        follow: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,7 +102,16 @@ pub struct HookCounters {
     pub denied: u64,
     pub killed: u64,
     pub audited: u64,
+    /// Records lost because the ring buffer was full.
     pub dropped: u64,
+    /// Identical decisions folded into an aggregation entry instead of a record (reported in
+    /// summary lines).
+    #[serde(default)]
+    pub aggregated: u64,
+    /// Records the daemon read. Per hook, denied + killed + audited == reported + aggregated +
+    /// dropped once the reader has caught up.
+    #[serde(default)]
+    pub reported: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,13 +133,7 @@ pub fn query(socket: &Path, request: &Request) -> Result<Response, ClientError> 
         socket: name.clone(),
         error: e.to_string(),
     };
-    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(name.clone()),
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ClientError::NotRunning(name.clone())
-        }
-        _ => io(e),
-    })?;
+    let stream = connect(socket)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
@@ -159,32 +169,128 @@ pub fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Reads one request from a connection (bounded in size and time) and answers it with
-/// `answer`. Peers other than root get an error.
-pub async fn serve_one(stream: tokio::net::UnixStream, answer: impl FnOnce(Request) -> Response) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+/// Reads one request from a connection (bounded in size and time). Peers other than root,
+/// and malformed requests, get an error answer here and `None`.
+pub async fn read_request(stream: tokio::net::UnixStream) -> Option<(Request, OwnedWriteHalf)> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
     let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read.take(64 * 1024));
     let read = tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
-    let response = match (root, read) {
-        (false, _) => Response::Error {
-            message: "permission denied: root only".into(),
-        },
+    let message = match (root, read) {
+        (false, _) => "permission denied: root only".to_string(),
         (true, Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => answer(request),
-            Err(e) => Response::Error {
-                message: format!("bad request: {e}"),
-            },
+            Ok(request) => return Some((request, write)),
+            Err(e) => format!("bad request: {e}"),
         },
-        (true, _) => Response::Error {
-            message: "no request received".into(),
-        },
+        (true, _) => "no request received".to_string(),
     };
-    let mut out = serde_json::to_string(&response).expect("responses serialize");
+    respond(&mut write, &Response::Error { message }).await;
+    None
+}
+
+/// Writes one response line (giving up after 2 s: a client that does not read is dropped).
+pub async fn respond(write: &mut OwnedWriteHalf, response: &Response) {
+    let mut out = serde_json::to_string(response).expect("responses serialize");
     out.push('\n');
-    let _ = tokio::time::timeout(Duration::from_secs(2), write.write_all(out.as_bytes())).await;
+    write_line(write, &out).await;
+}
+
+async fn write_line(write: &mut OwnedWriteHalf, line: &str) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), write.write_all(line.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Answers `Request::Events`: the history, then (when following) each new line, until the
+/// client goes away or stops reading for 2 s.
+pub async fn stream_events(
+    mut write: OwnedWriteHalf,
+    history: Vec<std::sync::Arc<str>>,
+    live: Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    for line in history {
+        if !write_line(&mut write, &format!("{line}\n")).await {
+            return;
+        }
+    }
+    let Some(mut live) = live else { return };
+    loop {
+        let line = match live.recv().await {
+            Ok(line) => format!("{line}\n"),
+            Err(RecvError::Lagged(n)) => format!("{{\"lagged\":{n}}}\n"),
+            Err(RecvError::Closed) => return,
+        };
+        if !write_line(&mut write, &line).await {
+            return;
+        }
+    }
+}
+
+/// One line `enforcerd events` received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventLine {
+    /// A decision, as the daemon's JSON line.
+    Decision(String),
+    /// The daemon skipped this many lines because the client read too slowly.
+    Lagged(u64),
+}
+
+/// Sends `Request::Events` and passes each line to `each` until the daemon closes the
+/// stream (after the history, unless `follow`) or `each` returns false.
+pub fn events(
+    socket: &Path,
+    follow: bool,
+    mut each: impl FnMut(EventLine) -> bool,
+) -> Result<(), ClientError> {
+    let name = socket.display().to_string();
+    let io = |e: std::io::Error| ClientError::Io {
+        socket: name.clone(),
+        error: e.to_string(),
+    };
+    let stream = connect(socket)?;
+    let mut line = serde_json::to_string(&Request::Events { follow }).expect("requests serialize");
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.map_err(io)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| ClientError::Io {
+                socket: name.clone(),
+                error: format!("bad answer: {e}"),
+            })?;
+        if let Some(n) = value.get("lagged").and_then(serde_json::Value::as_u64) {
+            if !each(EventLine::Lagged(n)) {
+                break;
+            }
+            continue;
+        }
+        if let Ok(Response::Error { message }) = serde_json::from_value(value) {
+            return Err(ClientError::Refused(message));
+        }
+        if !each(EventLine::Decision(line)) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    let name = socket.display().to_string();
+    UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(name),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning(name)
+        }
+        _ => ClientError::Io {
+            socket: name,
+            error: e.to_string(),
+        },
+    })
 }
 
 /// The human-readable form of `enforcerd status`.
@@ -265,8 +371,8 @@ pub fn render(s: &Status) -> String {
     for h in &s.hooks {
         let _ = writeln!(
             o,
-            "  {:8} allowed={} denied={} killed={} audited={} dropped={}",
-            h.hook, h.allowed, h.denied, h.killed, h.audited, h.dropped
+            "  {:8} allowed={} denied={} killed={} audited={} reported={} aggregated={} dropped={}",
+            h.hook, h.allowed, h.denied, h.killed, h.audited, h.reported, h.aggregated, h.dropped
         );
     }
     o
@@ -294,6 +400,55 @@ mod tests {
         assert!(matches!(back, Response::Status(st) if *st == Status::default()));
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_stream_the_history_then_live_lines_and_lag_notices() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/enforcerd.sock");
+        let listener = bind(&socket).unwrap();
+        let hub = std::sync::Arc::new(crate::report::Hub::new(10));
+        hub.publish(r#"{"hook":"file","n":1}"#.into());
+        let hub2 = hub.clone();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let Some((Request::Events { follow }, write)) = read_request(stream).await else {
+                return;
+            };
+            assert!(follow);
+            let (history, live) = hub2.snapshot(follow);
+            hub2.publish(r#"{"hook":"file","n":2}"#.into());
+            stream_events(write, history, live).await;
+        });
+        let socket2 = socket.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let r = events(&socket2, true, |l| {
+                got.push(l);
+                got.len() < 2
+            });
+            (r, got)
+        })
+        .await
+        .unwrap();
+        server.abort();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(matches!(got.0, Err(ClientError::Refused(_))));
+            return;
+        }
+        got.0.unwrap();
+        assert_eq!(
+            got.1,
+            [
+                EventLine::Decision(r#"{"hook":"file","n":1}"#.into()),
+                EventLine::Decision(r#"{"hook":"file","n":2}"#.into())
+            ]
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Events { follow: true }).unwrap(),
+            r#"{"command":"events","follow":true}"#
+        );
+    }
+
     #[test]
     fn a_missing_socket_means_the_daemon_is_not_running() {
         let e = query(Path::new("/nonexistent/enforcerd.sock"), &Request::Status).unwrap_err();
@@ -319,14 +474,14 @@ mod tests {
         assert_eq!(dir_mode, 0o700);
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            serve_one(stream, |r| {
+            if let Some((r, mut write)) = read_request(stream).await {
                 assert_eq!(r, Request::Status);
-                Response::Status(Box::new(Status {
+                let status = Status {
                     pid: 7,
                     ..Status::default()
-                }))
-            })
-            .await;
+                };
+                respond(&mut write, &Response::Status(Box::new(status))).await;
+            }
         });
         let socket2 = socket.clone();
         let answer = tokio::task::spawn_blocking(move || query(&socket2, &Request::Status))
@@ -391,7 +546,7 @@ mod tests {
             "web serial 3",
             "deny=2",
             "cgroups: /web",
-            "file     allowed=5 denied=2",
+            "file     allowed=5 denied=2 killed=0 audited=0 reported=0 aggregated=0 dropped=0",
         ] {
             assert!(text.contains(needle), "{needle:?} not in\n{text}");
         }

@@ -19,12 +19,16 @@ use crate::{
         self, DecisionCounts, HookCounters, ProfileStatus, ProgramStatus, ReloadStatus, Request,
         Response, Status,
     },
-    events::{self, Catalog, ProfileMeta, Shared},
     exit,
     kernel::{Enforcer, btf::Offsets, loader::PROGRAMS, preflight},
+    metrics::{KernelHookCounts, KernelSnapshot, Metrics},
     paths,
     profile::{self, Diagnostic},
     reconcile::{Accepted, Enforced},
+    report::{
+        Catalog, ProfileMeta, Shared, journal,
+        reader::{self, Sink},
+    },
     trust::{SerialStore, TrustPolicy, Verifier},
     workload::CgroupFs,
 };
@@ -39,7 +43,35 @@ pub struct RunOptions {
     /// Highest applied serial per profile name (rollback protection across restarts).
     pub serials_file: PathBuf,
     pub socket: PathBuf,
+    /// Serve Prometheus metrics here (off when `None`).
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// Identical decisions closer together than this are folded into one summary line
+    /// (zero: every decision is its own record).
+    pub aggregation_window: Duration,
+    /// Decision lines kept for `enforcerd events`.
+    pub history: usize,
+    pub decisions_to: DecisionsTo,
 }
+
+/// Where decision lines go (besides `enforcerd events` and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionsTo {
+    /// The journal when started by systemd (stderr connected to the journal), else stdout.
+    #[default]
+    Auto,
+    /// One JSON line per decision on stdout.
+    Stdout,
+    /// The systemd journal, with every field as a journal field.
+    Journal,
+    /// Nowhere but `enforcerd events` and metrics.
+    None,
+}
+
+/// Default of `--aggregate-window`.
+pub const DEFAULT_AGGREGATION_WINDOW: Duration = Duration::from_secs(1);
+/// Default of `--history`.
+pub const DEFAULT_HISTORY: usize = 1000;
 
 impl RunOptions {
     /// The production locations for everything but what the command line chooses.
@@ -51,6 +83,10 @@ impl RunOptions {
             cgroup_root: paths::CGROUP2_MOUNT.into(),
             serials_file: crate::trust::default_serials_path(),
             socket: paths::CONTROL_SOCKET.into(),
+            metrics_address: None,
+            aggregation_window: DEFAULT_AGGREGATION_WINDOW,
+            history: DEFAULT_HISTORY,
+            decisions_to: DecisionsTo::Auto,
         }
     }
 }
@@ -215,20 +251,42 @@ pub fn run(opts: RunOptions) -> u8 {
             return exit::REFUSED;
         }
     };
-    let enforcer = match Enforcer::load(&offsets) {
-        Ok(e) => e,
+    let metrics = match opts.metrics_address {
+        Some(addr) => {
+            let metrics = Arc::new(Metrics::new());
+            match crate::metrics::serve(addr, metrics.clone()) {
+                Ok(bound) => info!("serving metrics on http://{bound}/metrics"),
+                Err(e) => {
+                    error!("cannot serve metrics on {addr}: {e}");
+                    return exit::REFUSED;
+                }
+            }
+            Some(metrics)
+        }
+        None => None,
+    };
+    let t_load = Instant::now();
+    let enforcer = match Enforcer::load(&offsets, opts.aggregation_window) {
+        Ok(e) => {
+            info!(
+                "BPF programs verified by the kernel in {} ms",
+                t_load.elapsed().as_millis()
+            );
+            e
+        }
         Err(e) => {
             error!("{e}");
             return exit::CANNOT_ENFORCE;
         }
     };
+    let shared = Arc::new(Shared::new(opts.history, metrics));
     let mut daemon = Daemon {
         opts,
         cgroupfs,
         serials,
         enforcer,
         enforced: Enforced::default(),
-        shared: Arc::new(Shared::default()),
+        shared,
         started: now_rfc3339(),
         kernel: kernel_release(),
         last_reload: None,
@@ -302,6 +360,11 @@ impl Daemon {
         for p in &out.problems {
             error!("refused {p}");
         }
+        if let Some(m) = &self.shared.metrics {
+            m.reload();
+            m.profiles_loaded(self.enforced.profiles().count() as u64);
+            m.profile_errors(out.problems.len() as u64);
+        }
         for k in &out.kept {
             warn!("profile {k}: its file was refused; the previous version stays in force");
         }
@@ -355,6 +418,8 @@ impl Daemon {
             killed: self.enforcer.counter(h, counter::KILLED),
             audited: self.enforcer.counter(h, counter::AUDITED),
             dropped: self.enforcer.counter(h, counter::DROPPED),
+            aggregated: self.enforcer.counter(h, counter::AGGREGATED),
+            reported: self.shared.reported(h),
         })
         .collect();
         Status {
@@ -402,6 +467,38 @@ impl Daemon {
         }
     }
 
+    fn publish_kernel_metrics(&self) {
+        let Some(m) = &self.shared.metrics else {
+            return;
+        };
+        let count = |h, kind| self.enforcer.counter(h, kind);
+        let hooks = [
+            (hook::EXEC, "exec"),
+            (hook::FILE, "file"),
+            (hook::CONNECT, "connect"),
+        ]
+        .into_iter()
+        .map(|(h, name)| {
+            (
+                name,
+                KernelHookCounts {
+                    allowed: count(h, counter::ALLOWED),
+                    denied: count(h, counter::DENIED),
+                    killed: count(h, counter::KILLED),
+                    audited: count(h, counter::AUDITED),
+                    dropped: count(h, counter::DROPPED),
+                    aggregated: count(h, counter::AGGREGATED),
+                },
+            )
+        })
+        .collect();
+        m.kernel(&KernelSnapshot {
+            hooks,
+            ringbuf_used_bytes: self.enforcer.ring_used().unwrap_or(0),
+            ringbuf_size_bytes: u64::from(enforcerd_common::capacity::EVENTS_BYTES),
+        });
+    }
+
     /// Runs until SIGTERM or SIGINT; returns the exit code.
     fn serve(mut self) -> u8 {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -414,9 +511,19 @@ impl Daemon {
                 return exit::CANNOT_ENFORCE;
             }
         };
-        let Some(ring) = self.enforcer.take_events() else {
-            error!("the BPF object has no decision ring buffer");
-            return exit::CANNOT_ENFORCE;
+        let reporting = match self.enforcer.take_reporting() {
+            Ok(r) => r,
+            Err(e) => {
+                error!("{e}");
+                return exit::CANNOT_ENFORCE;
+            }
+        };
+        let sink = match decision_sink(self.opts.decisions_to) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot open the journal for decisions: {e}");
+                return exit::CANNOT_ENFORCE;
+            }
         };
         let code = runtime.block_on(async {
             let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
@@ -453,6 +560,7 @@ impl Daemon {
             let cgroupfs = CgroupFs {
                 root: self.cgroupfs.root.clone(),
             };
+            let window = self.opts.aggregation_window;
             let spawned = std::thread::Builder::new()
                 .name("decisions".into())
                 .spawn(move || {
@@ -460,11 +568,12 @@ impl Daemon {
                         .enable_all()
                         .build()
                         .and_then(|rt| {
-                            rt.block_on(events::forward(
-                                ring,
+                            rt.block_on(reader::forward(
+                                reporting,
                                 shared,
                                 Some(cgroupfs),
-                                std::io::stdout(),
+                                sink,
+                                window,
                             ))
                         });
                     let _ = reader_done.send(result);
@@ -474,6 +583,7 @@ impl Daemon {
                 return exit::CANNOT_ENFORCE;
             }
             tokio::pin!(reader);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             loop {
                 tokio::select! {
@@ -490,13 +600,20 @@ impl Daemon {
                         self.reload("profiles directory changed");
                     }
                     accepted = listener.accept() => {
-                        if let Ok((stream, _)) = accepted {
-                            control::serve_one(stream, |request| match request {
-                                Request::Status => Response::Status(Box::new(self.status())),
-                            })
-                            .await;
+                        let Ok((stream, _)) = accepted else { continue };
+                        match control::read_request(stream).await {
+                            Some((Request::Status, mut write)) => {
+                                let status = Response::Status(Box::new(self.status()));
+                                control::respond(&mut write, &status).await;
+                            }
+                            Some((Request::Events { follow }, write)) => {
+                                let (history, live) = self.shared.hub.snapshot(follow);
+                                tokio::spawn(control::stream_events(write, history, live));
+                            }
+                            None => {}
                         }
                     }
+                    _ = tick.tick() => self.publish_kernel_metrics(),
                     result = &mut reader => {
                         error!("decision reader stopped: {result:?}");
                         return exit::CANNOT_ENFORCE;
@@ -509,6 +626,21 @@ impl Daemon {
         info!("programs detached; exiting");
         code
     }
+}
+
+fn decision_sink(to: DecisionsTo) -> std::io::Result<Sink> {
+    let journal = match to {
+        DecisionsTo::Auto => journal::connected(),
+        DecisionsTo::Journal => true,
+        DecisionsTo::Stdout | DecisionsTo::None => false,
+    };
+    Ok(if journal {
+        Sink::Journal(journal::Journal::open()?)
+    } else if to == DecisionsTo::None {
+        Sink::Lines(Box::new(std::io::sink()))
+    } else {
+        Sink::Lines(Box::new(std::io::stdout()))
+    })
 }
 
 type Changes = inotify::EventStream<Vec<u8>>;
@@ -591,6 +723,7 @@ mod tests {
             cgroup_root: cgroups.clone(),
             serials_file: d.path().join("state/serials.json"),
             socket: d.path().join("run/enforcerd.sock"),
+            ..RunOptions::new(PathBuf::new(), false, TrustPolicy::AllowUnsigned)
         };
         (d, opts, CgroupFs { root: cgroups })
     }

@@ -3,17 +3,21 @@
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-    bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_send_signal,
+    bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_send_signal, generated,
 };
 use enforcerd_common::{
-    EVENT_PATH_BYTES, Event, MAX_CGROUP_LEVELS, ProfileConfig, counter, decision, mode,
-    on_violation, verdict,
+    AggKey, AggState, EVENT_PATH_BYTES, EXE_PATH_BYTES, Event, MAX_CGROUP_LEVELS, ProfileConfig,
+    counter, decision, mode, on_violation, verdict,
 };
 
-use core::ptr::read_volatile;
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{read_volatile, write_volatile},
+};
 
 use crate::{
-    maps::{CGROUP_PROFILES, COUNTERS, EVENTS, PROFILES, PathScratch},
+    maps::{AGGREGATES, CGROUP_PROFILES, COUNTERS, EVENTS, PROFILES, PathScratch},
     offsets,
 };
 
@@ -75,11 +79,13 @@ pub fn governing_profile() -> Option<Governed> {
     })
 }
 
+/// Adds one to a per-hook counter. Atomic: LSM programs can be preempted, so two runs on one
+/// CPU can interleave, and the counters must be exact.
 #[inline(always)]
 pub fn count(hook: u8, kind: u32) {
     let index = hook as u32 * counter::KINDS + kind;
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
-        unsafe { *c += 1 };
+        unsafe { atomic_add(c, 1) };
     }
 }
 
@@ -96,6 +102,9 @@ pub struct Detail {
     pub scratch: *mut PathScratch,
     /// What `bpf_d_path` returned: length including the NUL, or a negative errno.
     pub path_len: i32,
+    /// The `struct file` decided on (exec and file hooks), or null: its inode identifies the
+    /// target for aggregation.
+    pub file: *const u8,
 }
 
 impl Detail {
@@ -111,6 +120,7 @@ impl Detail {
             addr: [0; 16],
             scratch: core::ptr::null_mut(),
             path_len: 0,
+            file: core::ptr::null(),
         }
     }
 }
@@ -125,36 +135,74 @@ pub fn verdict(governed: &Governed, denied: bool, detail: &Detail) -> i32 {
         return 0;
     }
     // Missing settings: treat as enforce + deny (see `Governed::config`).
-    if governed.config.mode == mode::AUDIT {
-        count(detail.hook, counter::AUDITED);
-        report(governed.profile_id, decision::AUDIT, detail);
-        return 0;
-    }
-    if governed.config.on_violation == on_violation::KILL {
+    let (kind, decision, ret) = if governed.config.mode == mode::AUDIT {
+        (counter::AUDITED, decision::AUDIT, 0)
+    } else if governed.config.on_violation == on_violation::KILL {
         unsafe { bpf_send_signal(SIGKILL) };
-        count(detail.hook, counter::KILLED);
-        report(governed.profile_id, decision::KILL, detail);
+        (counter::KILLED, decision::KILL, -EPERM)
     } else {
-        count(detail.hook, counter::DENIED);
-        report(governed.profile_id, decision::DENY, detail);
-    }
-    -EPERM
+        (counter::DENIED, decision::DENY, -EPERM)
+    };
+    count(detail.hook, kind);
+    report(governed.profile_id, decision, detail);
+    ret
 }
 
-/// Writes one decision record to the ring buffer; when it is full, counts the drop instead
-/// (the decision itself never depends on reporting).
+/// Reports one non-allow decision: folds it into its aggregation entry when an identical
+/// decision was recorded less than `AGG_WINDOW_NS` ago, else writes a record to the ring
+/// buffer. When the ring buffer is full it folds too if the key has an entry, and otherwise
+/// counts the drop. Exactly one of reported / aggregated / dropped happens per decision, and
+/// the decision itself never depends on reporting.
 #[inline(always)]
 fn report(profile_id: u32, decision: u8, detail: &Detail) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (inode, dev) = file_identity(detail.file);
+    let key = AggKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        inode,
+        profile_id,
+        hook: detail.hook,
+        decision,
+        access: detail.access,
+        protocol: detail.protocol,
+        family: detail.family,
+        _pad: 0,
+        port: detail.port,
+        dev,
+        addr: detail.addr,
+    };
+    let scratch = detail.scratch;
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let window = offsets::agg_window_ns();
+    let state = if window != 0 {
+        AGGREGATES.get_ptr_mut(&key)
+    } else {
+        None
+    };
+    if let Some(s) = state
+        && now.wrapping_sub(unsafe { read_volatile(&(*s).window_start) }) < window
+    {
+        fold(s, detail.hook);
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(detail.hook, counter::DROPPED);
+        match state {
+            Some(s) => fold(s, detail.hook),
+            None => count(detail.hook, counter::DROPPED),
+        }
         return;
     };
     // Fill the record in place: it is larger than the BPF stack.
     let e = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
     unsafe {
-        (*e).boot_ns = bpf_ktime_get_boot_ns();
-        (*e).cgroup_id = bpf_get_current_cgroup_id();
+        (*e).boot_ns = now;
+        (*e).cgroup_id = key.cgroup_id;
+        (*e).inode = key.inode;
+        (*e).dev = key.dev;
+        (*e).folded = match state {
+            Some(s) => read_volatile(&(*s).folded),
+            None => 0,
+        };
         (*e).profile_id = profile_id;
         (*e).pid = (pid_tgid >> 32) as u32;
         (*e).tid = pid_tgid as u32;
@@ -171,19 +219,215 @@ fn report(profile_id: u32, decision: u8, detail: &Detail) {
         (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*e).path_len = detail.path_len;
         (*e).path[0] = 0;
-        let scratch = detail.scratch;
         if !scratch.is_null() && detail.path_len > 0 {
             let dst = &mut (&mut (*e).path)[..EVENT_PATH_BYTES];
-            let copied = bpf_probe_read_kernel_buf((*scratch).path.as_ptr(), dst).is_ok();
             // Another task's run on this CPU may have overwritten the buffer since the
             // decision: then the path is not this operation's; say so rather than report it.
-            if !copied || read_volatile(&(*scratch).owner) != pid_tgid {
+            if bpf_probe_read_kernel_buf((*scratch).path.as_ptr(), dst).is_err()
+                || read_volatile(&(*scratch).owner) != pid_tgid
+            {
                 (*e).path_len = -EAGAIN;
                 (*e).path[0] = 0;
             }
         }
+        (*e).exe_start = exe_path((*e).exe.as_mut_ptr());
     }
     entry.submit(0);
+    if window != 0 {
+        match state {
+            Some(s) => unsafe { write_volatile(&mut (*s).window_start, now) },
+            None => {
+                // Another CPU may have inserted it meanwhile, or the map is full: then this
+                // key is simply not aggregated this time.
+                let _ = AGGREGATES.insert(
+                    &key,
+                    &AggState {
+                        window_start: now,
+                        folded: 0,
+                    },
+                    BPF_NOEXIST,
+                );
+            }
+        }
+    }
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+/// `*p += v` as one BPF atomic add (the BPF target's core has no atomic types with
+/// read-modify-write methods; the result is unused, so this needs no BPF v3 instructions).
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+#[inline(always)]
+fn fold(state: *mut AggState, hook: u8) {
+    unsafe { atomic_add(&raw mut (*state).folded, 1) };
+    count(hook, counter::AGGREGATED);
+}
+
+/// (inode number, device) of a `struct file`, or zeros when there is none or a read fails.
+#[inline(always)]
+fn file_identity(file: *const u8) -> (u64, u32) {
+    if file.is_null() {
+        return (0, 0);
+    }
+    let read = || -> Result<(u64, u32), i32> {
+        let inode = unsafe { read_ptr(file.add(offsets::file_f_inode()))? };
+        let ino: u64 =
+            unsafe { bpf_probe_read_kernel(inode.add(offsets::inode_i_ino()) as *const u64) }
+                .map_err(|_| -EFAULT)?;
+        let sb = unsafe { read_ptr(inode.add(offsets::inode_i_sb()))? };
+        let dev: u32 =
+            unsafe { bpf_probe_read_kernel(sb.add(offsets::super_block_s_dev()) as *const u32) }
+                .map_err(|_| -EFAULT)?;
+        Ok((ino, dev))
+    };
+    read().unwrap_or((0, 0))
+}
+
+/// Most path components (and mount crossings) walked for the executable path.
+const EXE_WALK_STEPS: u32 = 64;
+const ENAMETOOLONG: i32 = 36;
+const EFAULT: i32 = 14;
+const ENOENT: i32 = 2;
+
+#[inline(always)]
+unsafe fn read_ptr(at: *const u8) -> Result<*const u8, i32> {
+    unsafe { bpf_probe_read_kernel(at as *const *const u8) }.map_err(|_| -EFAULT)
+}
+
+/// Where the executable path walk is (see `exe_path`).
+#[repr(C)]
+struct ExeWalk {
+    exe: *mut u8,
+    dentry: *const u8,
+    vfsmnt: *const u8,
+    mnt: *const u8,
+    /// Where the path built so far starts in `exe`.
+    pos: u32,
+    /// The walk's outcome once it stopped: `pos`, or a negative errno.
+    result: i32,
+}
+
+/// Builds `current->mm->exe_file`'s path into `exe`, from its last component backwards, the
+/// way `d_path` walks: up the dentries, crossing to the parent mount at each mount root, to
+/// the root of the task's mount tree. Returns where the path starts in `exe`, or a negative
+/// errno. Only runs for reported decisions, never on the allow path. The walk is a
+/// `bpf_loop` callback: the verifier checks one step instead of unrolling every path
+/// through the loop.
+#[inline(always)]
+fn exe_path(exe: *mut u8) -> i32 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(mm) = (unsafe { read_ptr(task.add(offsets::task_mm())) }) else {
+        return -EFAULT;
+    };
+    if mm.is_null() {
+        return -ENOENT;
+    }
+    let Ok(file) = (unsafe { read_ptr(mm.add(offsets::mm_exe_file())) }) else {
+        return -EFAULT;
+    };
+    if file.is_null() {
+        return -ENOENT;
+    }
+    let f_path = unsafe { file.add(offsets::file_f_path()) };
+    let (Ok(dentry), Ok(vfsmnt)) = (unsafe {
+        (
+            read_ptr(f_path.add(offsets::path_dentry())),
+            read_ptr(f_path.add(offsets::path_mnt())),
+        )
+    }) else {
+        return -EFAULT;
+    };
+    let mut walk = ExeWalk {
+        exe,
+        dentry,
+        vfsmnt,
+        mnt: unsafe { vfsmnt.sub(offsets::mount_mnt()) },
+        pos: EXE_PATH_BYTES as u32,
+        result: -ENAMETOOLONG,
+    };
+    unsafe {
+        generated::bpf_loop(
+            EXE_WALK_STEPS,
+            exe_walk_step as *mut c_void,
+            &raw mut walk as *mut c_void,
+            0,
+        )
+    };
+    if walk.result == EXE_PATH_BYTES as i32 {
+        // The executable is the root directory itself: not a real case, but well-formed.
+        unsafe { *exe.add(EXE_PATH_BYTES - 1) = b'/' };
+        return EXE_PATH_BYTES as i32 - 1;
+    }
+    walk.result
+}
+
+/// One step of the executable path walk: prepend one path component, or cross one mount.
+/// Returns 1 to stop (done or failed, see `ExeWalk::result`), 0 to go on.
+extern "C" fn exe_walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    let w = unsafe { &mut *(ctx as *mut ExeWalk) };
+    let Ok(mnt_root) = (unsafe { read_ptr(w.vfsmnt.add(offsets::vfsmount_mnt_root())) }) else {
+        w.result = -EFAULT;
+        return 1;
+    };
+    if w.dentry == mnt_root {
+        let Ok(parent_mnt) = (unsafe { read_ptr(w.mnt.add(offsets::mount_mnt_parent())) }) else {
+            w.result = -EFAULT;
+            return 1;
+        };
+        if parent_mnt == w.mnt {
+            w.result = w.pos as i32;
+            return 1;
+        }
+        let Ok(mountpoint) = (unsafe { read_ptr(w.mnt.add(offsets::mount_mnt_mountpoint())) })
+        else {
+            w.result = -EFAULT;
+            return 1;
+        };
+        w.dentry = mountpoint;
+        w.mnt = parent_mnt;
+        w.vfsmnt = unsafe { parent_mnt.add(offsets::mount_mnt()) };
+        return 0;
+    }
+    let name = unsafe { w.dentry.add(offsets::dentry_d_name()) };
+    let (Ok(parent), Ok(len), Ok(chars)) = (unsafe {
+        (
+            read_ptr(w.dentry.add(offsets::dentry_d_parent())),
+            bpf_probe_read_kernel(name.add(offsets::qstr_len()) as *const u32),
+            read_ptr(name.add(offsets::qstr_name())),
+        )
+    }) else {
+        w.result = -EFAULT;
+        return 1;
+    };
+    if len == 0 || len >= w.pos {
+        w.result = -ENAMETOOLONG;
+        return 1;
+    }
+    w.pos -= len + 1;
+    let at = (w.pos as usize) & (EXE_PATH_BYTES - 1);
+    let failed = unsafe {
+        *w.exe.add(at) = b'/';
+        generated::bpf_probe_read_kernel(
+            w.exe.add(at + 1) as *mut c_void,
+            len & (EXE_PATH_BYTES as u32 - 1),
+            chars as *const c_void,
+        )
+    } != 0;
+    if failed {
+        w.result = -EFAULT;
+        return 1;
+    }
+    if parent == w.dentry {
+        // The root of a tree that is not mounted (a lazily unmounted filesystem).
+        w.result = w.pos as i32;
+        return 1;
+    }
+    w.dentry = parent;
+    0
 }
 
 /// `current->real_parent->tgid`, or 0 if a read fails.

@@ -3,6 +3,9 @@
 //! (one longest-prefix lookup), and allows, denies (`-EPERM`), kills (`SIGKILL` + `-EPERM`) or,
 //! in audit mode, allows and reports. Tasks in no governed cgroup cost a few map lookups.
 #![no_std]
+// Atomic adds on map values (see `decide::atomic_add`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod decide;

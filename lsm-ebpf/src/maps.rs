@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use enforcerd_common::{
-    ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey, ProfileConfig, capacity, counter,
+    AggKey, AggState, ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey, ProfileConfig,
+    capacity, counter,
 };
 
 /// Governed cgroup id -> profile id.
@@ -34,6 +35,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 /// Per-hook decision counters, see `enforcerd_common::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::ENTRIES, 0);
+
+/// Aggregation of identical decisions (see `AggKey`). Not preallocated: entries are freed
+/// after an RCU grace period, so a program run still holding one of them never writes into an
+/// entry recycled for another key; the daemon deletes idle entries.
+#[map]
+pub static AGGREGATES: HashMap<AggKey, AggState> =
+    HashMap::with_max_entries(capacity::AGGREGATES, BPF_F_NO_PREALLOC);
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Per-CPU scratch space. Its first bytes are laid out as an LPM trie key for the path tries
 /// (`prefix_len`, then `PathKey`), so `bpf_d_path` writes the resolved path straight into the

@@ -18,6 +18,43 @@ static OFF_SOCKET_TYPE: u64 = 0;
 static OFF_TASK_REAL_PARENT: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_TGID: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_MM: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_EXE_FILE: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_PATH_MNT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_PATH_DENTRY: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_DENTRY_D_PARENT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_DENTRY_D_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_QSTR_LEN: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_QSTR_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_VFSMOUNT_MNT_ROOT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MOUNT_MNT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MOUNT_MNT_PARENT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MOUNT_MNT_MOUNTPOINT: u64 = 0;
+
+#[unsafe(no_mangle)]
+static OFF_FILE_F_INODE: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_INODE_I_INO: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_INODE_I_SB: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SUPER_BLOCK_S_DEV: u64 = 0;
+
+/// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
+#[unsafe(no_mangle)]
+static AGG_WINDOW_NS: u64 = 0;
 
 // `read_volatile` keeps the compiler from folding the placeholder zeros into the code.
 #[inline(always)]
@@ -47,4 +84,72 @@ pub fn task_real_parent() -> usize {
 #[inline(always)]
 pub fn task_tgid() -> usize {
     unsafe { read_volatile(&OFF_TASK_TGID) as usize }
+}
+#[inline(always)]
+pub fn task_mm() -> usize {
+    unsafe { read_volatile(&OFF_TASK_MM) as usize }
+}
+#[inline(always)]
+pub fn mm_exe_file() -> usize {
+    unsafe { read_volatile(&OFF_MM_EXE_FILE) as usize }
+}
+#[inline(always)]
+pub fn path_mnt() -> usize {
+    unsafe { read_volatile(&OFF_PATH_MNT) as usize }
+}
+#[inline(always)]
+pub fn path_dentry() -> usize {
+    unsafe { read_volatile(&OFF_PATH_DENTRY) as usize }
+}
+#[inline(always)]
+pub fn dentry_d_parent() -> usize {
+    unsafe { read_volatile(&OFF_DENTRY_D_PARENT) as usize }
+}
+#[inline(always)]
+pub fn dentry_d_name() -> usize {
+    unsafe { read_volatile(&OFF_DENTRY_D_NAME) as usize }
+}
+#[inline(always)]
+pub fn qstr_len() -> usize {
+    unsafe { read_volatile(&OFF_QSTR_LEN) as usize }
+}
+#[inline(always)]
+pub fn qstr_name() -> usize {
+    unsafe { read_volatile(&OFF_QSTR_NAME) as usize }
+}
+#[inline(always)]
+pub fn vfsmount_mnt_root() -> usize {
+    unsafe { read_volatile(&OFF_VFSMOUNT_MNT_ROOT) as usize }
+}
+#[inline(always)]
+pub fn mount_mnt() -> usize {
+    unsafe { read_volatile(&OFF_MOUNT_MNT) as usize }
+}
+#[inline(always)]
+pub fn mount_mnt_parent() -> usize {
+    unsafe { read_volatile(&OFF_MOUNT_MNT_PARENT) as usize }
+}
+#[inline(always)]
+pub fn mount_mnt_mountpoint() -> usize {
+    unsafe { read_volatile(&OFF_MOUNT_MNT_MOUNTPOINT) as usize }
+}
+#[inline(always)]
+pub fn agg_window_ns() -> u64 {
+    unsafe { read_volatile(&AGG_WINDOW_NS) }
+}
+#[inline(always)]
+pub fn file_f_inode() -> usize {
+    unsafe { read_volatile(&OFF_FILE_F_INODE) as usize }
+}
+#[inline(always)]
+pub fn inode_i_ino() -> usize {
+    unsafe { read_volatile(&OFF_INODE_I_INO) as usize }
+}
+#[inline(always)]
+pub fn inode_i_sb() -> usize {
+    unsafe { read_volatile(&OFF_INODE_I_SB) as usize }
+}
+#[inline(always)]
+pub fn super_block_s_dev() -> usize {
+    unsafe { read_volatile(&OFF_SUPER_BLOCK_S_DEV) as usize }
 }

@@ -53,6 +53,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let file = unsafe { *(bprm.add(offsets::bprm_file()) as *const *const u8) };
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     let mut detail = Detail::new(hook::EXEC);
+    detail.file = file;
     let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
         EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict)
     }) {
@@ -86,6 +87,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let fmode = unsafe { *(file.add(offsets::file_f_mode()) as *const u32) };
     let mut detail = Detail::new(hook::FILE);
+    detail.file = file;
     if fmode & FMODE_READ != 0 {
         detail.access |= access::READ;
     }

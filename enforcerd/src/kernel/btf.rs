@@ -28,6 +28,22 @@ pub struct Offsets {
     pub socket_type: u64,
     pub task_real_parent: u64,
     pub task_tgid: u64,
+    pub task_mm: u64,
+    pub mm_exe_file: u64,
+    pub path_mnt: u64,
+    pub path_dentry: u64,
+    pub dentry_d_parent: u64,
+    pub dentry_d_name: u64,
+    pub qstr_len: u64,
+    pub qstr_name: u64,
+    pub vfsmount_mnt_root: u64,
+    pub mount_mnt: u64,
+    pub mount_mnt_parent: u64,
+    pub mount_mnt_mountpoint: u64,
+    pub file_f_inode: u64,
+    pub inode_i_ino: u64,
+    pub inode_i_sb: u64,
+    pub super_block_s_dev: u64,
 }
 
 impl Offsets {
@@ -44,11 +60,27 @@ impl Offsets {
             socket_type: member_offset(&btf, "socket", "type")?,
             task_real_parent: member_offset(&btf, "task_struct", "real_parent")?,
             task_tgid: member_offset(&btf, "task_struct", "tgid")?,
+            task_mm: member_offset(&btf, "task_struct", "mm")?,
+            mm_exe_file: member_offset(&btf, "mm_struct", "exe_file")?,
+            path_mnt: member_offset(&btf, "path", "mnt")?,
+            path_dentry: member_offset(&btf, "path", "dentry")?,
+            dentry_d_parent: member_offset(&btf, "dentry", "d_parent")?,
+            dentry_d_name: member_offset(&btf, "dentry", "d_name")?,
+            qstr_len: member_offset(&btf, "qstr", "len")?,
+            qstr_name: member_offset(&btf, "qstr", "name")?,
+            vfsmount_mnt_root: member_offset(&btf, "vfsmount", "mnt_root")?,
+            mount_mnt: member_offset(&btf, "mount", "mnt")?,
+            mount_mnt_parent: member_offset(&btf, "mount", "mnt_parent")?,
+            mount_mnt_mountpoint: member_offset(&btf, "mount", "mnt_mountpoint")?,
+            file_f_inode: member_offset(&btf, "file", "f_inode")?,
+            inode_i_ino: member_offset(&btf, "inode", "i_ino")?,
+            inode_i_sb: member_offset(&btf, "inode", "i_sb")?,
+            super_block_s_dev: member_offset(&btf, "super_block", "s_dev")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 7] {
+    pub fn globals(&self) -> [(&'static str, u64); 23] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -58,6 +90,22 @@ impl Offsets {
             (g::SOCKET_TYPE, self.socket_type),
             (g::TASK_REAL_PARENT, self.task_real_parent),
             (g::TASK_TGID, self.task_tgid),
+            (g::TASK_MM, self.task_mm),
+            (g::MM_EXE_FILE, self.mm_exe_file),
+            (g::PATH_MNT, self.path_mnt),
+            (g::PATH_DENTRY, self.path_dentry),
+            (g::DENTRY_D_PARENT, self.dentry_d_parent),
+            (g::DENTRY_D_NAME, self.dentry_d_name),
+            (g::QSTR_LEN, self.qstr_len),
+            (g::QSTR_NAME, self.qstr_name),
+            (g::VFSMOUNT_MNT_ROOT, self.vfsmount_mnt_root),
+            (g::MOUNT_MNT, self.mount_mnt),
+            (g::MOUNT_MNT_PARENT, self.mount_mnt_parent),
+            (g::MOUNT_MNT_MOUNTPOINT, self.mount_mnt_mountpoint),
+            (g::FILE_F_INODE, self.file_f_inode),
+            (g::INODE_I_INO, self.inode_i_ino),
+            (g::INODE_I_SB, self.inode_i_sb),
+            (g::SUPER_BLOCK_S_DEV, self.super_block_s_dev),
         ]
     }
 }
@@ -125,6 +173,9 @@ mod tests {
         }
         assert!(o.bprm_file > 0 && o.bprm_file < 512, "{o:?}");
         assert!(o.task_tgid > 0 && o.task_real_parent > o.task_tgid, "{o:?}");
+        // struct path is { mnt, dentry }; qstr's name follows its hash and len.
+        assert_eq!((o.path_mnt, o.path_dentry), (0, 8), "{o:?}");
+        assert_eq!((o.qstr_len, o.qstr_name), (4, 8), "{o:?}");
     }
 
     #[test]

@@ -4,16 +4,21 @@
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        HashMap, MapData, PerCpuArray, RingBuf,
+        HashMap, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{Lsm, ProgramError},
 };
+use std::time::Duration;
+
 use enforcerd_common::{
-    ExecRule, FileRule, NetKey, NetRule, PathKey, ProfileConfig, counter, maps as names,
+    ExecRule, FileRule, NetKey, NetRule, PathKey, ProfileConfig, counter, globals, maps as names,
 };
 
+use std::os::fd::AsFd as _;
+
 use super::{btf::Offsets, rcu::RcuBarrier};
+pub use crate::report::reader::Reporting;
 use crate::{compile::CompiledProfile, reconcile::KernelMaps};
 
 /// The BPF programs, built by build.rs from `lsm-ebpf`.
@@ -62,19 +67,76 @@ pub struct Enforcer {
     pub programs: Vec<ProgramStats>,
     attached: bool,
     barrier: RcuBarrier,
+    ring_positions: Option<RingPositions>,
+}
+
+/// A read-only mapping of a BPF ring buffer's consumer and producer position pages (the
+/// kernel allows any read-only mapping of a ring buffer).
+struct RingPositions {
+    base: *mut libc::c_void,
+    page: usize,
+}
+
+// SAFETY: the mapping is read-only shared memory, valid until dropped.
+unsafe impl Send for RingPositions {}
+unsafe impl Sync for RingPositions {}
+
+impl RingPositions {
+    fn map(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a fresh read-only shared mapping of two pages of the ring buffer's fd.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(RingPositions { base, page })
+    }
+
+    fn used(&self) -> u64 {
+        // SAFETY: both positions are the first u64 of their page, inside the mapping; the
+        // kernel and the consumer update them atomically.
+        unsafe {
+            let consumer = std::ptr::read_volatile(self.base as *const u64);
+            let producer =
+                std::ptr::read_volatile(self.base.cast::<u8>().add(self.page) as *const u64);
+            producer.saturating_sub(consumer)
+        }
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.base, 2 * self.page) };
+    }
 }
 
 impl Enforcer {
-    /// Loads the object and verifies the programs, without attaching them.
-    pub fn load(offsets: &Offsets) -> Result<Self, LoadError> {
+    /// Loads the object and verifies the programs, without attaching them. Identical
+    /// decisions less than `aggregation_window` apart are folded into one report (zero: each
+    /// is reported).
+    pub fn load(offsets: &Offsets, aggregation_window: Duration) -> Result<Self, LoadError> {
         if BPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
         let globals = offsets.globals();
+        let window_ns = u64::try_from(aggregation_window.as_nanos()).unwrap_or(u64::MAX);
         let mut loader = EbpfLoader::new();
         for (name, value) in &globals {
             loader.override_global(name, value, true);
         }
+        loader.override_global(globals::AGG_WINDOW_NS, &window_ns, true);
         let mut ebpf = loader
             .load(BPF_OBJECT)
             .map_err(|e| LoadError::Object(format!("{e:#}")))?;
@@ -105,6 +167,7 @@ impl Enforcer {
             programs,
             attached: false,
             barrier,
+            ring_positions: None,
         })
     }
 
@@ -160,11 +223,27 @@ impl Enforcer {
             .map_err(|e| map_error(names::PROFILES, e))
     }
 
-    /// The decision ring buffer, for the event reader (can be taken once).
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.ebpf
+    /// The decision ring buffer and the aggregation map, for the decision reader (can be
+    /// taken once). Also maps the ring buffer's positions read-only, for `ring_used`.
+    pub fn take_reporting(&mut self) -> Result<Reporting, LoadError> {
+        let ring = self
+            .ebpf
             .take_map(names::EVENTS)
-            .and_then(|m| RingBuf::try_from(m).ok())
+            .ok_or_else(|| missing(names::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| map_error(names::EVENTS, e))?;
+        let aggregates = self
+            .ebpf
+            .take_map(names::AGGREGATES)
+            .ok_or_else(|| missing(names::AGGREGATES))?;
+        let aggregates =
+            HashMap::try_from(aggregates).map_err(|e| map_error(names::AGGREGATES, e))?;
+        self.ring_positions = RingPositions::map(ring.as_fd()).ok();
+        Ok(Reporting { ring, aggregates })
+    }
+
+    /// Bytes of decision records the kernel wrote and the reader has not consumed yet.
+    pub fn ring_used(&self) -> Option<u64> {
+        self.ring_positions.as_ref().map(RingPositions::used)
     }
 
     /// Sum over CPUs of one per-hook counter (`enforcerd_common::counter`).
@@ -263,6 +342,13 @@ impl KernelMaps for Enforcer {
             tracing::warn!("waiting for an RCU grace period failed ({e}); pausing 100 ms instead");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+fn missing(map: &'static str) -> LoadError {
+    LoadError::Map {
+        map,
+        error: "missing from the BPF object".into(),
     }
 }
 

@@ -1,17 +1,26 @@
 //! Decision records from the kernel -> enriched decisions (spec "Decisions") -> JSON lines.
+pub mod hub;
+pub mod journal;
+pub mod reader;
+pub mod render;
+
 use std::{
     collections::HashMap,
-    io::Write,
     net::{Ipv4Addr, Ipv6Addr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use aya::maps::{MapData, RingBuf};
-use enforcerd_common::{EVENT_PATH_BYTES, Event, access, decision, family, hook, protocol, reason};
-use serde::Serialize;
-use tokio::io::unix::AsyncFd;
+use enforcerd_common::{
+    AggKey, EVENT_PATH_BYTES, EXE_PATH_BYTES, Event, access, decision, family, hook, protocol,
+    reason,
+};
+use serde::{Deserialize, Serialize};
 
-use crate::{control::DecisionCounts, workload::CgroupFs};
+pub use self::hub::Hub;
+use crate::{control::DecisionCounts, metrics::Metrics};
 
 /// What reports say about a loaded profile.
 #[derive(Clone, Debug)]
@@ -37,14 +46,28 @@ pub struct Catalog {
 /// What the daemon and the decision reader share. Each lock is held only to swap a snapshot
 /// or copy a small map, never while a record is processed: the reader runs flat out under a
 /// flood of denials and must not starve reloads or status requests.
-#[derive(Default)]
 pub struct Shared {
     pub catalog: Mutex<Arc<Catalog>>,
-    /// Non-allow decisions reported per profile name.
+    /// Decisions reported per profile name (summaries add their count).
     pub decisions: Mutex<HashMap<String, DecisionCounts>>,
+    /// Records read from the ring buffer, per hook (index `hook::*`).
+    pub reported: [AtomicU64; 4],
+    /// Recent decision lines and live followers (`enforcerd events`).
+    pub hub: Hub,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Shared {
+    pub fn new(history: usize, metrics: Option<Arc<Metrics>>) -> Self {
+        Shared {
+            catalog: Mutex::default(),
+            decisions: Mutex::default(),
+            reported: Default::default(),
+            hub: Hub::new(history),
+            metrics,
+        }
+    }
+
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog
             .lock()
@@ -62,52 +85,34 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-}
 
-/// The reader's own state: paths of child cgroups it looked up, and counts not yet published.
-struct Reader {
-    cgroupfs: Option<CgroupFs>,
-    learned: HashMap<u64, String>,
-    counts: HashMap<String, DecisionCounts>,
-}
-
-impl Reader {
-    fn cgroup_path(&mut self, catalog: &Catalog, id: u64, profile_id: u32) -> Option<String> {
-        if let Some(p) = catalog.cgroups.get(&id).or_else(|| self.learned.get(&id)) {
-            return Some(p.clone());
-        }
-        let under: Vec<&str> = catalog
-            .profiles
-            .get(&profile_id)
-            .map(|p| p.cgroups.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        let path = self.cgroupfs.as_ref()?.path_of(id, &under)?;
-        self.learned.insert(id, path.clone());
-        Some(path)
-    }
-
-    fn count(&mut self, d: &Decision) {
-        let c = self.counts.entry(d.profile.clone()).or_default();
-        match d.decision {
-            "deny" => c.deny += 1,
-            "kill" => c.kill += 1,
-            "audit" => c.audit += 1,
-            _ => {}
-        }
+    pub fn reported(&self, hook: u8) -> u64 {
+        self.reported
+            .get(usize::from(hook))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 
-/// One non-allow decision, as printed (one JSON object per line) and, later, journaled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One line of the decision report (spec.md "Decisions"): printed as one JSON object per line,
+/// journaled, and streamed by `enforcerd events`. Either one decision the kernel reported
+/// (`count` 1), or a summary of identical decisions the kernel folded into a counter
+/// (`summary` true, `count` >= 1): those repeat the fields of the decision that opened the
+/// aggregation window (its pid, comm and exe are that decision's), `first_ts` is when that
+/// window opened and `ts` when the summary was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub ts: String,
-    pub hook: &'static str,
-    pub decision: &'static str,
-    pub reason: &'static str,
+    /// `exec`, `file` or `connect`.
+    pub hook: String,
+    /// `deny`, `kill` or `audit`.
+    pub decision: String,
+    /// `rule`, `default`, `path-unresolved`, `read-failed` or `contended`.
+    pub reason: String,
     pub profile: String,
     pub serial: u64,
     pub sha256: String,
-    pub mode: &'static str,
+    /// `enforce` or `audit`.
+    pub mode: String,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
@@ -116,13 +121,22 @@ pub struct Decision {
     pub exe: Option<String>,
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
+    /// A path, `a.b.c.d:port` or `[ipv6]:port`.
     pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_truncated: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<&'static str>,
+    /// File hook: `read`, `write` or `read,write`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    /// Connect hook: `tcp` or `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// How many decisions this line stands for.
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub summary: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_ts: Option<String>,
 }
 
 /// Reads a record from ring buffer bytes (which carry no alignment guarantee for us).
@@ -170,18 +184,14 @@ pub fn describe(
     let (target, truncated) = target(e);
     Decision {
         ts,
-        hook: match e.hook {
-            hook::EXEC => "exec",
-            hook::FILE => "file",
-            hook::CONNECT => "connect",
-            _ => "unknown",
-        },
+        hook: hook_name(e.hook).into(),
         decision: match e.decision {
             decision::DENY => "deny",
             decision::KILL => "kill",
             decision::AUDIT => "audit",
             _ => "unknown",
-        },
+        }
+        .into(),
         reason: match e.reason {
             reason::RULE => "rule",
             reason::DEFAULT => "default",
@@ -189,13 +199,14 @@ pub fn describe(
             reason::READ_FAILED => "read-failed",
             reason::CONTENDED => "contended",
             _ => "unknown",
-        },
+        }
+        .into(),
         profile: meta
             .as_ref()
             .map_or_else(|| format!("#{}", e.profile_id), |m| m.name.clone()),
         serial: meta.as_ref().map_or(0, |m| m.serial),
         sha256: meta.as_ref().map_or_else(String::new, |m| m.sha256.clone()),
-        mode: meta.as_ref().map_or("unknown", |m| m.mode),
+        mode: meta.as_ref().map_or("unknown", |m| m.mode).into(),
         pid: e.pid,
         tid: e.tid,
         ppid: e.ppid,
@@ -206,18 +217,61 @@ pub fn describe(
         cgroup,
         target,
         target_truncated: truncated.then_some(true),
-        access: (e.hook == hook::FILE).then_some(match e.access & (access::READ | access::WRITE) {
-            a if a == access::READ | access::WRITE => "read,write",
-            access::READ => "read",
-            access::WRITE => "write",
-            _ => "none",
-        }),
-        protocol: (e.hook == hook::CONNECT).then_some(match e.protocol {
-            protocol::TCP => "tcp",
-            protocol::UDP => "udp",
-            _ => "other",
-        }),
+        access: (e.hook == hook::FILE).then_some(
+            match e.access & (access::READ | access::WRITE) {
+                a if a == access::READ | access::WRITE => "read,write",
+                access::READ => "read",
+                access::WRITE => "write",
+                _ => "none",
+            }
+            .into(),
+        ),
+        protocol: (e.hook == hook::CONNECT).then_some(
+            match e.protocol {
+                protocol::TCP => "tcp",
+                protocol::UDP => "udp",
+                _ => "other",
+            }
+            .into(),
+        ),
+        count: 1,
+        summary: false,
+        first_ts: None,
     }
+}
+
+pub fn hook_name(h: u8) -> &'static str {
+    match h {
+        hook::EXEC => "exec",
+        hook::FILE => "file",
+        hook::CONNECT => "connect",
+        _ => "unknown",
+    }
+}
+
+/// The aggregation key the kernel used for this record (see `enforcerd_common::AggKey`).
+pub fn agg_key(e: &Event) -> AggKey {
+    AggKey {
+        cgroup_id: e.cgroup_id,
+        inode: e.inode,
+        profile_id: e.profile_id,
+        hook: e.hook,
+        decision: e.decision,
+        access: e.access,
+        protocol: e.protocol,
+        family: e.family,
+        _pad: 0,
+        port: e.port,
+        dev: e.dev,
+        addr: e.addr,
+    }
+}
+
+/// The executable path the kernel captured, if it could.
+pub fn exe_in_record(e: &Event) -> Option<String> {
+    let start = usize::try_from(e.exe_start).ok()?;
+    let bytes = e.exe.get(start..EXE_PATH_BYTES)?;
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -247,60 +301,6 @@ pub fn exe_of(pid: u32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|p| p.display().to_string())
-}
-
-/// Records handled between two looks at the catalog and two publications of the counts.
-const BATCH: usize = 256;
-
-/// Reads decision records until the ring buffer or `out` fails, writing one JSON line each to
-/// `out`.
-pub async fn forward(
-    ring: RingBuf<MapData>,
-    shared: Arc<Shared>,
-    cgroupfs: Option<CgroupFs>,
-    mut out: impl Write,
-) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, until dropped, and
-    // the AsyncFd owns the ring buffer.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(std::io::Error::from)?;
-    let mut reader = Reader {
-        cgroupfs,
-        learned: HashMap::new(),
-        counts: HashMap::new(),
-    };
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let mut drained = false;
-        while !drained {
-            let catalog = shared.catalog();
-            let ring = guard.get_inner_mut();
-            drained = true;
-            for _ in 0..BATCH {
-                let Some(item) = ring.next() else { break };
-                let event = decode(&item);
-                drop(item);
-                drained = false;
-                let Some(event) = event else { continue };
-                let now_unix = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-                let ts = wall_time(event.boot_ns, boot_ns_now(), now_unix);
-                let cgroup = reader.cgroup_path(&catalog, event.cgroup_id, event.profile_id);
-                let d = describe(&event, &catalog, cgroup, ts, exe_of(event.pid));
-                reader.count(&d);
-                serde_json::to_writer(&mut out, &d)?;
-                out.write_all(b"\n")?;
-            }
-            out.flush()?;
-            let mut decisions = shared.decisions.lock().unwrap_or_else(|e| e.into_inner());
-            for (profile, c) in reader.counts.drain() {
-                let total = decisions.entry(profile).or_default();
-                total.deny += c.deny;
-                total.kill += c.kill;
-                total.audit += c.audit;
-            }
-        }
-        guard.clear_ready();
-    }
 }
 
 #[cfg(test)]
@@ -362,7 +362,7 @@ mod tests {
                 "ts": "t", "hook": "file", "decision": "deny", "reason": "rule", "profile": "web",
                 "serial": 3, "sha256": "sha256:ab", "mode": "enforce", "pid": 42, "tid": 43,
                 "ppid": 1, "uid": 1000, "comm": "curl", "exe": "/usr/bin/curl", "cgroup_id": 99,
-                "cgroup": "/web", "target": "/etc/shadow", "access": "read,write"
+                "cgroup": "/web", "target": "/etc/shadow", "access": "read,write", "count": 1
             })
         );
     }
@@ -376,7 +376,7 @@ mod tests {
         e.port = 53;
         let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
         assert_eq!(
-            (d.target.as_str(), d.protocol, d.access),
+            (d.target.as_str(), d.protocol.as_deref(), d.access),
             ("10.1.2.3:53", Some("udp"), None)
         );
         e.family = family::IPV6;
@@ -384,7 +384,10 @@ mod tests {
         e.protocol = protocol::TCP;
         e.port = 8080;
         let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
-        assert_eq!((d.target.as_str(), d.protocol), ("[::1]:8080", Some("tcp")));
+        assert_eq!(
+            (d.target.as_str(), d.protocol.as_deref()),
+            ("[::1]:8080", Some("tcp"))
+        );
     }
 
     #[test]
@@ -398,7 +401,7 @@ mod tests {
         assert_eq!(d.target.len(), EVENT_PATH_BYTES);
         assert_eq!(d.target_truncated, Some(true));
         assert_eq!(
-            (d.profile.as_str(), d.decision, d.hook),
+            (d.profile.as_str(), d.decision.as_str(), d.hook.as_str()),
             ("#8", "kill", "exec")
         );
     }
@@ -409,7 +412,10 @@ mod tests {
         e.reason = reason::PATH_UNRESOLVED;
         e.path_len = -36;
         let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
-        assert_eq!((d.target.as_str(), d.reason), ("", "path-unresolved"));
+        assert_eq!(
+            (d.target.as_str(), d.reason.as_str()),
+            ("", "path-unresolved")
+        );
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "status --json shows programs, profiles (serial, sha256, cgroups, counters) and the \
                 last reload, to root only",
     },
+    Scenario {
+        name: "decision_reports",
+        needs_daemon: true,
+        about: "exec, file and connect denials, a kill and an audit hit: every field of each \
+                decision in `enforcerd events --json`, readable lines, and the metrics counters",
+    },
+    Scenario {
+        name: "denial_burst",
+        needs_daemon: true,
+        about: "200,000 denied opens: all denied; reported + aggregated + dropped is exact; \
+                decision lines add up; bounded daemon memory",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -109,12 +109,17 @@ pub struct StartFailure {
 impl Daemon {
     /// Starts `enforcerd run --profiles DIR --allow-unsigned` and waits for READY=1.
     pub fn start(profiles: &Path, tag: &str) -> Result<Daemon, StartFailure> {
-        Daemon::start_with(profiles, tag, &Trust::AllowUnsigned)
+        Daemon::start_with(profiles, tag, &Trust::AllowUnsigned, &[])
     }
 
-    /// Starts `enforcerd run --profiles DIR` with the given trust arguments and waits for
-    /// READY=1.
-    pub fn start_with(profiles: &Path, tag: &str, trust: &Trust) -> Result<Daemon, StartFailure> {
+    /// Starts `enforcerd run --profiles DIR` with the given trust arguments (and `extra`
+    /// arguments) and waits for READY=1.
+    pub fn start_with(
+        profiles: &Path,
+        tag: &str,
+        trust: &Trust,
+        extra: &[&str],
+    ) -> Result<Daemon, StartFailure> {
         let stdout_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.out"));
         let stderr_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.err"));
         let sock_path = PathBuf::from(format!("/run/notify-{tag}.sock"));
@@ -136,7 +141,8 @@ impl Daemon {
                 ));
             }
         };
-        let trust_args = trust.args();
+        let mut trust_args = trust.args();
+        trust_args.extend(extra.iter().map(std::ffi::OsString::from));
         say(&format!(
             "$ NOTIFY_SOCKET={} {ENFORCERD} run --profiles {} {} &",
             sock_path.display(),

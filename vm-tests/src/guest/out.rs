@@ -130,7 +130,30 @@ impl Ctx {
     /// Starts the daemon on a profile directory and records the `check` that it became ready.
     /// An error means the rest of the scenario cannot run.
     pub fn start_daemon(&mut self, profiles: &std::path::Path, check: &str) -> anyhow::Result<()> {
-        self.start_daemon_with(profiles, &Trust::AllowUnsigned, check)
+        self.start_daemon_with(profiles, &Trust::AllowUnsigned, &[], check)
+    }
+
+    /// [`Ctx::start_daemon`] with more `enforcerd run` arguments.
+    pub fn start_daemon_args(
+        &mut self,
+        profiles: &std::path::Path,
+        extra: &[&str],
+        check: &str,
+    ) -> anyhow::Result<()> {
+        self.start_daemon_with(profiles, &Trust::AllowUnsigned, extra, check)
+    }
+
+    /// The running daemon's pid.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(super::daemon::Daemon::pid)
+    }
+
+    /// Every JSON line the running daemon printed on stdout so far.
+    pub fn daemon_decisions(&self) -> Vec<serde_json::Value> {
+        self.daemon
+            .as_ref()
+            .map(super::daemon::Daemon::decisions)
+            .unwrap_or_default()
     }
 
     /// [`Ctx::start_daemon`] without `--allow-unsigned`: only profiles signed by a key in
@@ -141,18 +164,19 @@ impl Ctx {
         trusted_keys: &std::path::Path,
         check: &str,
     ) -> anyhow::Result<()> {
-        self.start_daemon_with(profiles, &Trust::Keys(trusted_keys.to_owned()), check)
+        self.start_daemon_with(profiles, &Trust::Keys(trusted_keys.to_owned()), &[], check)
     }
 
     fn start_daemon_with(
         &mut self,
         profiles: &std::path::Path,
         trust: &Trust,
+        extra: &[&str],
         check: &str,
     ) -> anyhow::Result<()> {
         self.stop_daemon_quietly();
         let tag = format!("{}-{check}", self.scenario);
-        match Daemon::start_with(profiles, &tag, trust) {
+        match Daemon::start_with(profiles, &tag, trust, extra) {
             Ok(d) => {
                 let after = d.ready_after;
                 self.daemon = Some(d);

@@ -5,6 +5,8 @@
 mod audit_mode;
 mod bad_input;
 mod connect;
+mod decision_reports;
+mod denial_burst;
 mod environment;
 mod exec_allowlist;
 mod files;
@@ -37,6 +39,12 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
         }
         "status_and_permissions" => {
             status_and_permissions::status_shows_what_is_enforced_to_root_only(ctx)
+        }
+        "decision_reports" => {
+            decision_reports::each_decision_is_reported_with_every_field_and_counted(ctx)
+        }
+        "denial_burst" => {
+            denial_burst::a_flood_of_denials_is_counted_exactly_with_bounded_memory(ctx)
         }
         other => bail!("no scenario named {other}"),
     }

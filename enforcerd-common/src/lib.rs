@@ -339,7 +339,7 @@ const _: () = {
         core::mem::size_of::<Event>()
             == 4 * 8 + 5 * 4 + 8 + 16 + 16 + 3 * 4 + EVENT_PATH_BYTES + 2 * EXE_PATH_BYTES
     );
-    assert!(core::mem::size_of::<Event>() % 8 == 0);
+    assert!(core::mem::size_of::<Event>().is_multiple_of(8));
     assert!(core::mem::size_of::<AggKey>() == 48);
     assert!(core::mem::size_of::<AggState>() == 16);
 };

@@ -176,6 +176,7 @@ struct Reader {
     cgroupfs: Option<CgroupFs>,
     learned: HashMap<u64, String>,
     counts: HashMap<String, crate::control::DecisionCounts>,
+    journal_failing: bool,
 }
 
 impl Reader {
@@ -208,11 +209,17 @@ impl Reader {
                 out.write_all(line.as_bytes())?;
                 out.write_all(b"\n")?;
             }
-            Sink::Journal(j) => {
-                if let Err(e) = j.send(d, &line) {
-                    tracing::warn!("cannot write a decision to the journal: {e}");
+            Sink::Journal(j) => match j.send(d, &line) {
+                // Said once per outage, not once per decision of a flood.
+                Err(e) if !self.journal_failing => {
+                    self.journal_failing = true;
+                    tracing::warn!(
+                        "cannot write decisions to the journal ({e}); they stay in `enforcerd events` and metrics"
+                    );
                 }
-            }
+                Err(_) => {}
+                Ok(()) => self.journal_failing = false,
+            },
         }
         let c = self.counts.entry(d.profile.clone()).or_default();
         match d.decision.as_str() {
@@ -277,6 +284,7 @@ pub async fn forward(
         cgroupfs,
         learned: HashMap::new(),
         counts: HashMap::new(),
+        journal_failing: false,
     };
     let mut aggregation = Aggregation::new(window);
     let mut next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;

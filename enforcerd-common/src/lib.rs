@@ -161,6 +161,18 @@ pub struct NetKey {
     pub addr: [u8; 16],
 }
 
+/// Data part of the LPM trie key of `PENDING_CGROUPS`: a cgroup path below the cgroup2 root
+/// (as the `cgroup_mkdir` tracepoint reports it, e.g. `/system.slice/nginx.service`), with its
+/// terminating NUL, so an entry matches exactly that path: `prefix_len` is `8 * (len + 1)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupPathKey {
+    pub path: [u8; CGROUP_PATH_BYTES],
+}
+
+/// Longest cgroup path (with its NUL) that can be bound at creation.
+pub const CGROUP_PATH_BYTES: usize = 256;
+
 /// Value of the connect rule trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -301,6 +313,10 @@ pub mod globals {
     pub const INODE_I_INO: &str = "OFF_INODE_I_INO";
     pub const INODE_I_SB: &str = "OFF_INODE_I_SB";
     pub const SUPER_BLOCK_S_DEV: &str = "OFF_SUPER_BLOCK_S_DEV";
+    pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
+    pub const CGROUP_ROOT: &str = "OFF_CGROUP_ROOT";
+    pub const CGROUP_ROOT_HIERARCHY_ID: &str = "OFF_CGROUP_ROOT_HIERARCHY_ID";
+    pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
 }
 
 /// Names of the maps, as the BPF object defines them.
@@ -313,6 +329,7 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const AGGREGATES: &str = "AGGREGATES";
+    pub const PENDING_CGROUPS: &str = "PENDING_CGROUPS";
 }
 
 /// Map capacities. The tries allocate on insert, so a large maximum costs nothing until used.
@@ -327,6 +344,7 @@ pub mod capacity {
     /// Aggregation entries (allocated on insert; the daemon deletes idle ones). When full,
     /// new targets are reported without aggregation.
     pub const AGGREGATES: u32 = 16_384;
+    pub const PENDING_CGROUPS: u32 = 16_384;
 }
 
 const _: () = {
@@ -357,4 +375,5 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::AggKey {}
     unsafe impl aya::Pod for super::AggState {}
+    unsafe impl aya::Pod for super::CgroupPathKey {}
 }

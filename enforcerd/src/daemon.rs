@@ -20,17 +20,22 @@ use crate::{
         Response, Status,
     },
     exit,
-    kernel::{Enforcer, btf::Offsets, loader::PROGRAMS, preflight},
+    kernel::{
+        Enforcer,
+        btf::Offsets,
+        loader::{PROGRAMS, TRACEPOINTS},
+        preflight,
+    },
     metrics::{KernelHookCounts, KernelSnapshot, Metrics},
     paths,
-    profile::{self, Diagnostic},
+    profile::{self, Diagnostic, Selector},
     reconcile::{Accepted, Enforced},
     report::{
         Catalog, ProfileMeta, Shared, journal,
         reader::{self, Sink},
     },
     trust::{SerialStore, TrustPolicy, Verifier},
-    workload::CgroupFs,
+    workload::{CgroupFs, GovernedCgroup},
 };
 
 #[derive(Clone, Debug)]
@@ -129,6 +134,7 @@ pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Sc
     };
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     let mut owner: HashMap<u64, String> = HashMap::new();
+    let mut pending_owner: HashMap<String, String> = HashMap::new();
     for file in files {
         let bytes = match std::fs::read(&file) {
             Ok(b) => b,
@@ -171,8 +177,8 @@ pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Sc
         } else {
             profile
         };
-        let cgroups = match cgroupfs.resolve(&profile) {
-            Ok(c) => c,
+        let resolved = match cgroupfs.resolve(&profile) {
+            Ok(r) => r,
             Err(e) => {
                 scan.refuse(
                     &file,
@@ -181,6 +187,20 @@ pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Sc
                 continue;
             }
         };
+        if let Some((path, other)) = resolved
+            .pending
+            .iter()
+            .find_map(|p| pending_owner.get(p).map(|o| (p, o)))
+        {
+            let msg = format!(
+                "{}: profile {}: cgroup {path} is already expected by profile {other}",
+                file.display(),
+                profile.name
+            );
+            scan.refuse(&file, msg);
+            continue;
+        }
+        let cgroups = resolved.cgroups;
         if let Some((c, other)) = cgroups
             .iter()
             .find_map(|c| owner.get(&c.id).map(|o| (c, o)))
@@ -197,8 +217,15 @@ pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Sc
         for c in &cgroups {
             owner.insert(c.id, profile.name.clone());
         }
+        for p in &resolved.pending {
+            pending_owner.insert(p.clone(), profile.name.clone());
+        }
         names.insert(profile.name.clone(), file.clone());
-        scan.candidates.push(Accepted { profile, cgroups });
+        scan.candidates.push(Accepted {
+            profile,
+            cgroups,
+            pending: resolved.pending,
+        });
     }
     scan
 }
@@ -213,6 +240,8 @@ struct Daemon {
     started: String,
     kernel: String,
     last_reload: Option<ReloadStatus>,
+    /// Directories where expected cgroups appear (inotify), so the daemon's view follows.
+    cgroup_watch: Option<CgroupWatch>,
 }
 
 pub fn run(opts: RunOptions) -> u8 {
@@ -290,6 +319,7 @@ pub fn run(opts: RunOptions) -> u8 {
         started: now_rfc3339(),
         kernel: kernel_release(),
         last_reload: None,
+        cgroup_watch: None,
     };
     // The first reload fills the maps before the programs are attached, so their first
     // decision already sees every rule.
@@ -337,26 +367,8 @@ impl Daemon {
         if let Err(e) = self.serials.record(&applied) {
             out.problems.push(format!("recording applied serials: {e}"));
         }
-        {
-            // Keep the ids of replaced versions: their records may still be in flight.
-            let mut catalog: Catalog = (*self.shared.catalog()).clone();
-            for a in self.enforced.profiles() {
-                catalog.profiles.insert(
-                    a.id(),
-                    ProfileMeta {
-                        name: a.profile.name.clone(),
-                        serial: a.profile.serial,
-                        sha256: a.profile.sha256.clone(),
-                        mode: a.profile.mode.as_str(),
-                        cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
-                    },
-                );
-                for c in &a.cgroups {
-                    catalog.cgroups.insert(c.id, c.path.clone());
-                }
-            }
-            self.shared.publish(catalog);
-        }
+        // Cgroups that appeared while the profiles were being written.
+        self.refresh_cgroups();
         for p in &out.problems {
             error!("refused {p}");
         }
@@ -403,6 +415,55 @@ impl Daemon {
         });
     }
 
+    /// Re-resolves the profiles whose cgroups come and go (systemd units) and retargets them
+    /// (the kernel already governs a cgroup created at a pending path; this keeps the daemon's
+    /// view, reports and removals right). Then publishes the catalog for reports.
+    fn refresh_cgroups(&mut self) {
+        let owner = self.enforced.owners();
+        let updates: Vec<(String, Vec<GovernedCgroup>)> = self
+            .enforced
+            .profiles()
+            .filter(|a| matches!(a.profile.selector, Selector::SystemdUnit(_)))
+            .filter_map(|a| {
+                let r = self.cgroupfs.resolve(&a.profile).ok()?;
+                (r.cgroups != a.cgroups).then(|| (a.profile.name.clone(), r.cgroups))
+            })
+            .collect();
+        for (name, cgroups) in updates {
+            if let Err(e) = self
+                .enforced
+                .retarget(&mut self.enforcer, &name, cgroups, &owner)
+            {
+                warn!("profile {name}: {e}");
+            }
+        }
+        if let Some(w) = &mut self.cgroup_watch {
+            for a in self.enforced.profiles() {
+                for p in &a.pending {
+                    w.watch_parent(&self.cgroupfs.root, p);
+                }
+            }
+        }
+        // Keep the ids of replaced versions: their records may still be in flight.
+        let mut catalog: Catalog = (*self.shared.catalog()).clone();
+        for a in self.enforced.profiles() {
+            catalog.profiles.insert(
+                a.id(),
+                ProfileMeta {
+                    name: a.profile.name.clone(),
+                    serial: a.profile.serial,
+                    sha256: a.profile.sha256.clone(),
+                    mode: a.profile.mode.as_str(),
+                    cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
+                },
+            );
+            for c in &a.cgroups {
+                catalog.cgroups.insert(c.id, c.path.clone());
+            }
+        }
+        self.shared.publish(catalog);
+    }
+
     fn status(&self) -> Status {
         let decisions = self.shared.decisions();
         let hooks = [
@@ -436,8 +497,14 @@ impl Daemon {
                     hook: PROGRAMS
                         .iter()
                         .find(|(n, _)| *n == p.name)
-                        .map_or("", |(_, h)| h)
-                        .into(),
+                        .map(|(_, h)| h.to_string())
+                        .or_else(|| {
+                            TRACEPOINTS
+                                .iter()
+                                .find(|(n, _)| *n == p.name)
+                                .map(|(_, t)| format!("tracepoint/{t}"))
+                        })
+                        .unwrap_or_default(),
                     attached: self.enforcer.attached(),
                     verified_instructions: p.verified_instructions,
                 })
@@ -543,6 +610,18 @@ impl Daemon {
                     return exit::CANNOT_ENFORCE;
                 }
             };
+            // (inotify streams need the runtime.)
+            self.cgroup_watch = match CgroupWatch::new() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    warn!(
+                        "cannot watch the cgroup hierarchy ({e}); cgroups created at expected \
+                         paths are still governed by the kernel; `status` catches up at reloads"
+                    );
+                    None
+                }
+            };
+            self.refresh_cgroups();
             let mut changes = match watch(&self.opts.profiles_dir) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -599,6 +678,9 @@ impl Daemon {
                         settle(changes.as_mut()).await;
                         self.reload("profiles directory changed");
                     }
+                    Some(_) = next_cgroup_change(&mut self.cgroup_watch) => {
+                        self.refresh_cgroups();
+                    }
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         match control::read_request(stream).await {
@@ -644,6 +726,55 @@ fn decision_sink(to: DecisionsTo) -> std::io::Result<Sink> {
 }
 
 type Changes = inotify::EventStream<Vec<u8>>;
+
+/// inotify on the cgroup2 directories where expected cgroups appear and go (mkdir/rmdir by
+/// systemd or a container runtime). The kernel binds such cgroups by itself; this only keeps
+/// the daemon's view current. Watches are added as profiles expect new places, never removed
+/// (a watch on a directory that goes away ends by itself).
+struct CgroupWatch {
+    stream: Changes,
+    watched: HashSet<PathBuf>,
+}
+
+impl CgroupWatch {
+    fn new() -> std::io::Result<Self> {
+        let inotify = inotify::Inotify::init()?;
+        Ok(CgroupWatch {
+            stream: inotify.into_event_stream(vec![0u8; 4096])?,
+            watched: HashSet::new(),
+        })
+    }
+
+    /// Watches the directory where `path` (below the cgroup2 mount) appears, if it exists.
+    fn watch_parent(&mut self, root: &Path, path: &str) {
+        use inotify::WatchMask;
+        let Some(parent) = Path::new(path.trim_start_matches('/')).parent() else {
+            return;
+        };
+        let dir = root.join(parent);
+        if self.watched.contains(&dir) || !dir.is_dir() {
+            return;
+        }
+        let mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::ONLYDIR;
+        match self.stream.watches().add(&dir, mask) {
+            Ok(_) => {
+                self.watched.insert(dir);
+            }
+            Err(e) => warn!("cannot watch {}: {e}", dir.display()),
+        }
+    }
+}
+
+async fn next_cgroup_change(watch: &mut Option<CgroupWatch>) -> Option<()> {
+    match watch {
+        Some(w) => w.stream.next().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
 
 /// Events about files appearing, changing or leaving the profiles directory.
 fn watch(dir: &Path) -> std::io::Result<Changes> {

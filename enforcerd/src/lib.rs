@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod exit;
 pub mod kernel;
+pub mod kubernetes;
 pub mod metrics;
 pub mod paths;
 pub mod profile;

@@ -6,8 +6,14 @@
 //! 2. its cgroups are flipped to the new id (one atomic map update per cgroup), so a task is
 //!    governed by the old version or the new one, never by a mix and never by none;
 //! 3. cgroups that no profile governs any more are released;
-//! 4. after an RCU grace period (no program run can still hold an old id), the old rule sets
-//!    are deleted.
+//! 4. after an RCU grace period (no program run can still hold an old id), cgroups the kernel
+//!    bound to an old id on its own (at their creation, from a pending path) are moved to the
+//!    new id, and after another grace period the old rule sets are deleted.
+//!
+//! Paths a profile expects (a systemd unit's cgroup that does not exist yet) are *pending*:
+//! the kernel binds such a cgroup to the profile's id when it is created. When only the set
+//! of cgroups of an unchanged profile changes (a unit restarted, a pod started), the cgroups
+//! are retargeted under the same id: no rule is rewritten.
 //!
 //! A profile whose file fails to load keeps its previous version in force; a profile whose file
 //! was deleted stops being enforced only in a reload that has validated everything else. The
@@ -33,15 +39,23 @@ pub trait KernelMaps {
     fn remove_profile(&mut self, p: &CompiledProfile);
     fn govern(&mut self, cgroups: &[(u64, u32)]) -> Result<(), LoadError>;
     fn ungovern(&mut self, cgroups: &[u64]) -> Result<(), LoadError>;
+    /// Makes the kernel govern each path's cgroup with the id from the moment it is created.
+    fn pend(&mut self, paths: &[String], id: u32) -> Result<(), LoadError>;
+    fn unpend(&mut self, paths: &[String]);
+    /// Moves every governed cgroup that points at `from` to `to` (`None`: ungoverns it);
+    /// returns how many there were.
+    fn rebind(&mut self, from: u32, to: Option<u32>) -> Result<usize, LoadError>;
     /// Returns once no program run can still be using ids read before the call.
     fn synchronize(&self);
 }
 
-/// A profile that passed every check, with the cgroups it governs now.
+/// A profile that passed every check, with the cgroups it governs now and the cgroup paths
+/// the kernel is to bind to it when they are created.
 #[derive(Clone, Debug)]
 pub struct Accepted {
     pub profile: Profile,
     pub cgroups: Vec<GovernedCgroup>,
+    pub pending: Vec<String>,
 }
 
 /// A profile the kernel enforces.
@@ -49,6 +63,7 @@ pub struct Accepted {
 pub struct Applied {
     pub profile: Profile,
     pub cgroups: Vec<GovernedCgroup>,
+    pub pending: Vec<String>,
     pub compiled: CompiledProfile,
 }
 
@@ -57,8 +72,9 @@ impl Applied {
         self.compiled.id
     }
 
+    /// Same rules and pending paths: only the governed cgroups may differ.
     fn same_as(&self, a: &Accepted) -> bool {
-        self.profile == a.profile && self.cgroups == a.cgroups
+        self.profile == a.profile && self.pending == a.pending
     }
 }
 
@@ -185,6 +201,12 @@ impl Enforced {
                 .get(&name)
                 .is_some_and(|a| a.same_as(&candidate))
             {
+                if let Err(e) = self.retarget(kernel, &name, candidate.cgroups, &owner) {
+                    out.problems.push(format!(
+                        "{}: profile {name}: {e}",
+                        candidate.profile.source.display()
+                    ));
+                }
                 out.unchanged.push(name);
                 continue;
             }
@@ -228,6 +250,7 @@ impl Enforced {
             staged.push(Applied {
                 profile: candidate.profile,
                 cgroups: candidate.cgroups,
+                pending: candidate.pending,
                 compiled,
             });
         }
@@ -237,13 +260,20 @@ impl Enforced {
         for new in staged {
             let name = new.profile.name.clone();
             let flips: Vec<(u64, u32)> = new.cgroups.iter().map(|c| (c.id, new.id())).collect();
-            if let Err(e) = kernel.govern(&flips) {
+            if let Err(e) = kernel
+                .govern(&flips)
+                .and_then(|()| kernel.pend(&new.pending, new.id()))
+            {
                 // Put back what the flip may have changed, then drop the new version.
                 let old = self.profiles.get(&name);
                 let restore: Vec<(u64, u32)> = old
                     .map(|o| o.cgroups.iter().map(|c| (c.id, o.id())).collect())
                     .unwrap_or_default();
                 let _ = kernel.govern(&restore);
+                if let Some(o) = old {
+                    let _ = kernel.pend(&o.pending, o.id());
+                }
+                kernel.unpend(&stray_paths(&new.pending, old.map(|o| &o.pending[..])));
                 let stray: Vec<u64> = new
                     .cgroups
                     .iter()
@@ -290,10 +320,32 @@ impl Enforced {
         if let Err(e) = kernel.ungovern(&released) {
             out.problems.push(format!("releasing cgroups: {e}"));
         }
+        let still_pending: HashSet<&String> =
+            self.profiles.values().flat_map(|a| &a.pending).collect();
+        let unpended: Vec<String> = retired
+            .iter()
+            .flat_map(|a| &a.pending)
+            .filter(|p| !still_pending.contains(p))
+            .cloned()
+            .collect();
+        kernel.unpend(&unpended);
 
-        // Phase 4: once no program can still hold a retired id, delete its rules.
+        // Phase 4: once no program can still hold a retired id — including a cgroup_mkdir
+        // run that bound a new cgroup to it — move such cgroups to the profile's current id
+        // (or release them), and after another grace period delete the old rules.
         if !retired.is_empty() {
             kernel.synchronize();
+            let mut moved = 0;
+            for old in &retired {
+                let to = self.profiles.get(&old.profile.name).map(Applied::id);
+                match kernel.rebind(old.id(), to) {
+                    Ok(n) => moved += n,
+                    Err(e) => out.problems.push(format!("rebinding new cgroups: {e}")),
+                }
+            }
+            if moved > 0 {
+                kernel.synchronize();
+            }
         }
         for old in &retired {
             kernel.remove_profile(&old.compiled);
@@ -303,6 +355,68 @@ impl Enforced {
         out.kept.dedup();
         out
     }
+
+    /// Points an applied profile at a new set of cgroups under the same id (a unit restarted,
+    /// a pod came or went): governs the new ones, releases the gone ones. A cgroup another
+    /// profile governs is left to it and reported.
+    pub fn retarget(
+        &mut self,
+        kernel: &mut impl KernelMaps,
+        name: &str,
+        cgroups: Vec<GovernedCgroup>,
+        owner: &HashMap<u64, String>,
+    ) -> Result<(), String> {
+        let Some(applied) = self.profiles.get(name) else {
+            return Ok(());
+        };
+        if applied.cgroups == cgroups {
+            return Ok(());
+        }
+        let id = applied.id();
+        let (mine, taken): (Vec<GovernedCgroup>, Vec<GovernedCgroup>) = cgroups
+            .into_iter()
+            .partition(|c| owner.get(&c.id).is_none_or(|o| o == name));
+        let gone: Vec<u64> = applied
+            .cgroups
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| !mine.iter().any(|c| c.id == *id))
+            .collect();
+        let flips: Vec<(u64, u32)> = mine
+            .iter()
+            .filter(|c| !applied.cgroups.contains(c))
+            .map(|c| (c.id, id))
+            .collect();
+        kernel.govern(&flips).map_err(|e| e.to_string())?;
+        kernel.ungovern(&gone).map_err(|e| e.to_string())?;
+        if let Some(a) = self.profiles.get_mut(name) {
+            a.cgroups = mine;
+        }
+        match taken.first() {
+            Some(c) => Err(format!(
+                "cgroup {} is already governed by profile {}",
+                c.path,
+                owner.get(&c.id).map_or("?", String::as_str)
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Who governs which cgroup now.
+    pub fn owners(&self) -> HashMap<u64, String> {
+        self.profiles
+            .values()
+            .flat_map(|a| a.cgroups.iter().map(|c| (c.id, a.profile.name.clone())))
+            .collect()
+    }
+}
+
+/// Paths pending for `new` that `old` did not have.
+fn stray_paths(new: &[String], old: Option<&[String]>) -> Vec<String> {
+    new.iter()
+        .filter(|p| !old.is_some_and(|o| o.contains(p)))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -318,6 +432,7 @@ mod tests {
     struct FakeKernel {
         profiles: HashMap<u32, CompiledProfile>,
         cgroups: HashMap<u64, u32>,
+        pending: HashMap<String, u32>,
         /// Ids removed before a synchronize that followed their last use.
         synchronized: Cell<bool>,
         /// Refuse to write profiles with this many file rules ("map full").
@@ -331,6 +446,12 @@ mod tests {
                 assert!(
                     self.profiles.contains_key(id),
                     "cgroup {cg} points at missing profile {id}"
+                );
+            }
+            for (path, id) in &self.pending {
+                assert!(
+                    self.profiles.contains_key(id),
+                    "pending {path} points at missing profile {id}"
                 );
             }
         }
@@ -383,9 +504,96 @@ mod tests {
             }
             Ok(())
         }
+        fn pend(&mut self, paths: &[String], id: u32) -> Result<(), LoadError> {
+            for p in paths {
+                self.pending.insert(p.clone(), id);
+                self.log.push(format!("pend {p}->{id}"));
+                self.synchronized.set(false);
+                self.check();
+            }
+            Ok(())
+        }
+        fn unpend(&mut self, paths: &[String]) {
+            for p in paths {
+                self.pending.remove(p);
+                self.log.push(format!("unpend {p}"));
+                self.synchronized.set(false);
+            }
+        }
+        fn rebind(&mut self, from: u32, to: Option<u32>) -> Result<usize, LoadError> {
+            let hits: Vec<u64> = self
+                .cgroups
+                .iter()
+                .filter(|(_, id)| **id == from)
+                .map(|(cg, _)| *cg)
+                .collect();
+            for cg in &hits {
+                match to {
+                    Some(to) => self.cgroups.insert(*cg, to),
+                    None => self.cgroups.remove(cg),
+                };
+                self.log.push(format!("rebind {cg}->{to:?}"));
+                self.synchronized.set(false);
+            }
+            self.check();
+            Ok(hits.len())
+        }
         fn synchronize(&self) {
             self.synchronized.set(true);
         }
+    }
+
+    impl FakeKernel {
+        /// What the `cgroup_mkdir` program does: a created cgroup at a pending path is
+        /// governed with the pending id.
+        fn mkdir(&mut self, path: &str, cgroup: u64) {
+            if let Some(id) = self.pending.get(path) {
+                self.cgroups.insert(cgroup, *id);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cgroup_bound_at_creation_follows_its_profile_to_the_new_version() {
+        let mut k = FakeKernel::default();
+        let mut e = Enforced::default();
+        let mut a = accepted("unit", "u.yaml", &["/a"], &[]);
+        a.pending = vec!["/system.slice/x.service".into()];
+        e.reconcile(&mut k, vec![a.clone()], &no_failures(), vec![]);
+        let first = e.profiles().next().unwrap().id();
+        assert_eq!(k.pending["/system.slice/x.service"], first);
+        // The unit starts: the kernel binds its new cgroup before the daemon knows it.
+        k.mkdir("/system.slice/x.service", 77);
+        assert_eq!(k.cgroups[&77], first);
+        // A new version is applied while the daemon still does not know cgroup 77: the
+        // sweep after the grace period moves it, and the old rules go only then.
+        let mut b = accepted("unit", "u.yaml", &["/a", "/b"], &[]);
+        b.pending = a.pending.clone();
+        let out = e.reconcile(&mut k, vec![b.clone()], &no_failures(), vec![]);
+        assert_eq!(out.replaced, ["unit"]);
+        let second = e.profiles().next().unwrap().id();
+        assert_ne!(first, second);
+        assert_eq!(k.cgroups[&77], second);
+        assert_eq!(k.pending["/system.slice/x.service"], second);
+        assert!(!k.profiles.contains_key(&first));
+        // The daemon learns of the cgroup: retargeted under the same id, nothing rewritten.
+        let mut c = b.clone();
+        c.cgroups = vec![GovernedCgroup {
+            path: "/system.slice/x.service".into(),
+            id: 77,
+        }];
+        let before = k.log.len();
+        let out = e.reconcile(&mut k, vec![c], &no_failures(), vec![]);
+        assert_eq!(out.unchanged, ["unit"]);
+        assert!(
+            k.log[before..].iter().all(|l| !l.starts_with("insert")),
+            "{:?}",
+            &k.log[before..]
+        );
+        // The unit stops and its profile is deleted: nothing stays pending or governed.
+        let out = e.reconcile(&mut k, vec![], &no_failures(), vec![]);
+        assert_eq!(out.removed, ["unit"]);
+        assert!(k.pending.is_empty() && k.cgroups.is_empty() && k.profiles.is_empty());
     }
 
     fn accepted(name: &str, file: &str, denied: &[&str], cgroups: &[u64]) -> Accepted {
@@ -405,6 +613,7 @@ mod tests {
                     id: *id,
                 })
                 .collect(),
+            pending: vec![],
         }
     }
 
@@ -568,7 +777,7 @@ mod tests {
     }
 
     #[test]
-    fn dropped_cgroups_are_released_after_the_flip() {
+    fn dropped_cgroups_are_released_without_rewriting_rules() {
         let mut k = FakeKernel::default();
         let mut e = Enforced::default();
         e.reconcile(
@@ -584,9 +793,13 @@ mod tests {
             &no_failures(),
             vec![],
         );
-        assert_eq!(
-            k.log,
-            ["insert 2", "govern 10->2", "ungovern 11", "remove 1"]
+        assert_eq!(k.log, ["ungovern 11"]);
+        e.reconcile(
+            &mut k,
+            vec![accepted("web", "/p/web.yaml", &["/a"], &[10, 12])],
+            &no_failures(),
+            vec![],
         );
+        assert_eq!(k.log, ["ungovern 11", "govern 12->1"]);
     }
 }

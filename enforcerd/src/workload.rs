@@ -38,10 +38,18 @@ pub enum WorkloadError {
         levels: usize,
         max: usize,
     },
-    #[error("no cgroup named {0} exists yet: start the unit, then reload enforcerd")]
-    NoUnitCgroup(String),
     #[error("kubernetes selectors are not supported by this version of enforcerd")]
     KubernetesUnsupported,
+}
+
+/// What a selector resolves to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Cgroups that exist now.
+    pub cgroups: Vec<GovernedCgroup>,
+    /// Paths (below the mount) bound to the profile in the kernel the instant a cgroup is
+    /// created there; they may exist already (then they are in `cgroups` too).
+    pub pending: Vec<String>,
 }
 
 /// The cgroup2 hierarchy, mounted at `root`.
@@ -63,16 +71,26 @@ impl CgroupFs {
         Ok(CgroupFs { root: root.into() })
     }
 
-    /// The cgroups `profile` selects now.
-    pub fn resolve(&self, profile: &Profile) -> Result<Vec<GovernedCgroup>, WorkloadError> {
+    /// The cgroups `profile` selects now, and the paths whose cgroups the kernel is to bind
+    /// to it when they are created.
+    ///
+    /// A `systemdUnit` selects every cgroup directory named after the unit and expects
+    /// `/system.slice/UNIT` (where systemd creates a system unit's cgroup unless the unit sets
+    /// `Slice=`), so a unit that is not running yet, or restarts, is governed from the
+    /// instant systemd creates its cgroup, before its process execs.
+    pub fn resolve(&self, profile: &Profile) -> Result<Resolved, WorkloadError> {
         match &profile.selector {
-            Selector::Cgroup(path) => Ok(vec![self.cgroup(path)?]),
+            Selector::Cgroup(path) => Ok(Resolved {
+                cgroups: vec![self.cgroup(path)?],
+                pending: vec![],
+            }),
             Selector::SystemdUnit(unit) => {
-                let found = self.find_named(unit);
-                if found.is_empty() {
-                    return Err(WorkloadError::NoUnitCgroup(unit.clone()));
-                }
-                found.iter().map(|p| self.cgroup(p)).collect()
+                let mut pending = self.find_named(unit);
+                let cgroups = pending.iter().filter_map(|p| self.cgroup(p).ok()).collect();
+                pending.push(format!("/system.slice/{unit}"));
+                pending.sort();
+                pending.dedup();
+                Ok(Resolved { cgroups, pending })
             }
             Selector::Kubernetes { .. } => Err(WorkloadError::KubernetesUnsupported),
         }
@@ -231,6 +249,30 @@ mod tests {
             fs.cgroup(&deep),
             Err(WorkloadError::TooDeep { .. })
         ));
+    }
+
+    #[test]
+    fn a_systemd_unit_expects_its_system_slice_cgroup_even_before_it_runs() {
+        let (_d, fs) = tree();
+        let profile = |unit: &str| {
+            let text = format!(
+                "apiVersion: enforcerd/v1\nkind: Profile\nmetadata: {{name: u, serial: 1}}\nspec:\n  selector: {{systemdUnit: {unit}}}\n"
+            );
+            crate::profile::parse(Path::new("u.yaml"), text.as_bytes()).unwrap()
+        };
+        let r = fs.resolve(&profile("absent.service")).unwrap();
+        assert!(r.cgroups.is_empty());
+        assert_eq!(r.pending, ["/system.slice/absent.service"]);
+        let r = fs.resolve(&profile("nginx.service")).unwrap();
+        let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/system.slice/nginx.service", "/user.slice/nginx.service"]
+        );
+        assert_eq!(
+            r.pending,
+            ["/system.slice/nginx.service", "/user.slice/nginx.service"]
+        );
     }
 
     #[test]

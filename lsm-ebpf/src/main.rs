@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 #![no_main]
 
+mod cgroups;
 mod decide;
 mod maps;
 mod offsets;

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use enforcerd_common::{
-    AggKey, AggState, ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey, ProfileConfig,
-    capacity, counter,
+    AggKey, AggState, CgroupPathKey, ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey,
+    ProfileConfig, capacity, counter,
 };
 
 /// Governed cgroup id -> profile id.
@@ -43,6 +43,17 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::E
 pub static AGGREGATES: HashMap<AggKey, AggState> =
     HashMap::with_max_entries(capacity::AGGREGATES, BPF_F_NO_PREALLOC);
 const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Cgroup paths expected to appear (a systemd unit's, a pod's) -> the profile id to govern
+/// them with from the instant they are created (see `cgroups::cgroup_mkdir`).
+#[map]
+pub static PENDING_CGROUPS: LpmTrie<CgroupPathKey, u32> =
+    LpmTrie::with_max_entries(capacity::PENDING_CGROUPS, 0);
+
+/// Per-CPU scratch space for the `cgroup_mkdir` path (as a `PENDING_CGROUPS` key).
+#[map]
+pub static CGROUP_PATH_SCRATCH: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<CgroupPathKey>> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space. Its first bytes are laid out as an LPM trie key for the path tries
 /// (`prefix_len`, then `PathKey`), so `bpf_d_path` writes the resolved path straight into the

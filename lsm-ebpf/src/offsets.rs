@@ -51,6 +51,14 @@ static OFF_INODE_I_INO: u64 = 0;
 static OFF_INODE_I_SB: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_SUPER_BLOCK_S_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_CGROUP_KN: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_CGROUP_ROOT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_CGROUP_ROOT_HIERARCHY_ID: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_KERNFS_NODE_ID: u64 = 0;
 
 /// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
 #[unsafe(no_mangle)]
@@ -152,4 +160,20 @@ pub fn inode_i_sb() -> usize {
 #[inline(always)]
 pub fn super_block_s_dev() -> usize {
     unsafe { read_volatile(&OFF_SUPER_BLOCK_S_DEV) as usize }
+}
+#[inline(always)]
+pub fn cgroup_kn() -> usize {
+    unsafe { read_volatile(&OFF_CGROUP_KN) as usize }
+}
+#[inline(always)]
+pub fn cgroup_root() -> usize {
+    unsafe { read_volatile(&OFF_CGROUP_ROOT) as usize }
+}
+#[inline(always)]
+pub fn cgroup_root_hierarchy_id() -> usize {
+    unsafe { read_volatile(&OFF_CGROUP_ROOT_HIERARCHY_ID) as usize }
+}
+#[inline(always)]
+pub fn kernfs_node_id() -> usize {
+    unsafe { read_volatile(&OFF_KERNFS_NODE_ID) as usize }
 }

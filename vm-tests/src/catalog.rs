@@ -83,6 +83,12 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "200,000 denied opens: all denied; reported + aggregated + dropped is exact; \
                 decision lines add up; bounded daemon memory",
     },
+    Scenario {
+        name: "systemd_unit_restart",
+        needs_daemon: true,
+        about: "a systemdUnit profile governs the unit's cgroup from its creation (cgroup_mkdir): \
+                30 restarts, each first open denied; status follows; replacement and stop",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

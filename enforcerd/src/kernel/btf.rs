@@ -44,6 +44,10 @@ pub struct Offsets {
     pub inode_i_ino: u64,
     pub inode_i_sb: u64,
     pub super_block_s_dev: u64,
+    pub cgroup_kn: u64,
+    pub cgroup_root: u64,
+    pub cgroup_root_hierarchy_id: u64,
+    pub kernfs_node_id: u64,
 }
 
 impl Offsets {
@@ -76,11 +80,15 @@ impl Offsets {
             inode_i_ino: member_offset(&btf, "inode", "i_ino")?,
             inode_i_sb: member_offset(&btf, "inode", "i_sb")?,
             super_block_s_dev: member_offset(&btf, "super_block", "s_dev")?,
+            cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
+            cgroup_root: member_offset(&btf, "cgroup", "root")?,
+            cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
+            kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 23] {
+    pub fn globals(&self) -> [(&'static str, u64); 27] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -106,6 +114,10 @@ impl Offsets {
             (g::INODE_I_INO, self.inode_i_ino),
             (g::INODE_I_SB, self.inode_i_sb),
             (g::SUPER_BLOCK_S_DEV, self.super_block_s_dev),
+            (g::CGROUP_KN, self.cgroup_kn),
+            (g::CGROUP_ROOT, self.cgroup_root),
+            (g::CGROUP_ROOT_HIERARCHY_ID, self.cgroup_root_hierarchy_id),
+            (g::KERNFS_NODE_ID, self.kernfs_node_id),
         ]
     }
 }

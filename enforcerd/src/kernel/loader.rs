@@ -7,12 +7,13 @@ use aya::{
         HashMap, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{Lsm, ProgramError},
+    programs::{Lsm, ProgramError, RawTracePoint},
 };
 use std::time::Duration;
 
 use enforcerd_common::{
-    ExecRule, FileRule, NetKey, NetRule, PathKey, ProfileConfig, counter, globals, maps as names,
+    CGROUP_PATH_BYTES, CgroupPathKey, ExecRule, FileRule, NetKey, NetRule, PathKey, ProfileConfig,
+    counter, globals, maps as names,
 };
 
 use std::os::fd::AsFd as _;
@@ -23,6 +24,13 @@ use crate::{compile::CompiledProfile, reconcile::KernelMaps};
 
 /// The BPF programs, built by build.rs from `lsm-ebpf`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsm-ebpf"));
+
+/// (program name in the object, raw tracepoint): binding cgroups at creation. Attached at
+/// load, before any profile is written: they only act on pending paths.
+pub const TRACEPOINTS: [(&str, &str); 2] = [
+    ("cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup_rmdir"),
+];
 
 /// (program name in the object, LSM hook).
 pub const PROGRAMS: [(&str, &str); 3] = [
@@ -158,6 +166,26 @@ impl Enforcer {
             programs.push(ProgramStats {
                 name,
                 verified_instructions,
+            });
+        }
+        for (name, tracepoint) in TRACEPOINTS {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e: ProgramError| LoadError::Object(e.to_string()))?;
+            program.load().map_err(|e| program_error(name, e))?;
+            program.attach(tracepoint).map_err(|e| LoadError::Attach {
+                program: name.into(),
+                hook: format!("tracepoint {tracepoint}"),
+                error: e.to_string(),
+            })?;
+            programs.push(ProgramStats {
+                name,
+                verified_instructions: program
+                    .info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count()),
             });
         }
         let barrier = RcuBarrier::new()
@@ -325,11 +353,61 @@ impl KernelMaps for Enforcer {
         let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
         for cgroup_id in cgroups {
             match governed.remove(cgroup_id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                // The cgroup_rmdir program already dropped it.
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
             }
         }
         Ok(())
+    }
+
+    fn pend(&mut self, paths: &[String], id: u32) -> Result<(), LoadError> {
+        let mut pending: LpmTrie<_, CgroupPathKey, u32> = self.map(names::PENDING_CGROUPS)?;
+        for path in paths {
+            let (len, key) = cgroup_path_key(path).ok_or_else(|| LoadError::Map {
+                map: names::PENDING_CGROUPS,
+                error: format!(
+                    "cgroup path {path} is longer than {} bytes",
+                    CGROUP_PATH_BYTES - 1
+                ),
+            })?;
+            pending
+                .insert(&Key::new(len, key), &id, 0)
+                .map_err(|e| map_error(names::PENDING_CGROUPS, e))?;
+        }
+        Ok(())
+    }
+
+    fn unpend(&mut self, paths: &[String]) {
+        if let Ok(mut pending) = self.map::<LpmTrie<_, CgroupPathKey, u32>>(names::PENDING_CGROUPS)
+        {
+            for (len, key) in paths.iter().filter_map(|p| cgroup_path_key(p)) {
+                let _ = pending.remove(&Key::new(len, key));
+            }
+        }
+    }
+
+    fn rebind(&mut self, from: u32, to: Option<u32>) -> Result<usize, LoadError> {
+        let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
+        let hits: Vec<u64> = governed
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, id)| *id == from)
+            .map(|(cgroup, _)| cgroup)
+            .collect();
+        for cgroup in &hits {
+            let done = match to {
+                Some(to) => governed.insert(cgroup, &to, 0),
+                None => governed.remove(cgroup),
+            };
+            match done {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
+            }
+        }
+        Ok(hits.len())
     }
 
     /// Waits until every program run that may have read the maps before this call has
@@ -342,6 +420,28 @@ impl KernelMaps for Enforcer {
             tracing::warn!("waiting for an RCU grace period failed ({e}); pausing 100 ms instead");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+/// The `PENDING_CGROUPS` key of a path: its bytes and NUL, prefix covering both.
+fn cgroup_path_key(path: &str) -> Option<(u32, CgroupPathKey)> {
+    let bytes = path.as_bytes();
+    if bytes.len() >= CGROUP_PATH_BYTES {
+        return None;
+    }
+    let mut key = CgroupPathKey {
+        path: [0; CGROUP_PATH_BYTES],
+    };
+    key.path[..bytes.len()].copy_from_slice(bytes);
+    Some((8 * (bytes.len() as u32 + 1), key))
+}
+
+/// A delete of an entry that is not there (aya reports the syscall's ENOENT).
+fn not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

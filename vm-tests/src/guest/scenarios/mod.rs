@@ -15,6 +15,7 @@ mod live_reload_without_gap;
 mod nested_cgroups_and_namespaces;
 mod signed_profiles;
 mod status_and_permissions;
+mod systemd_unit_restart;
 
 use super::out::Ctx;
 use anyhow::{Result, bail};
@@ -45,6 +46,9 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
         }
         "denial_burst" => {
             denial_burst::a_flood_of_denials_is_counted_exactly_with_bounded_memory(ctx)
+        }
+        "systemd_unit_restart" => {
+            systemd_unit_restart::a_restarted_unit_is_governed_from_its_cgroups_creation(ctx)
         }
         other => bail!("no scenario named {other}"),
     }

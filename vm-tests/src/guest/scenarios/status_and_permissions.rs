@@ -148,9 +148,17 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
         .filter(|p| p.get("attached") == Some(&Value::Bool(true)))
         .count();
     ctx.check(
-        "status_shows_three_programs_attached",
-        programs.len() == 3 && attached == 3,
-        "3 programs, all attached (exec, file open, connect)",
+        "status_shows_every_program_attached",
+        attached == 5
+            && hooks
+                == [
+                    "bprm_check_security",
+                    "file_open",
+                    "socket_connect",
+                    "tracepoint/cgroup_mkdir",
+                    "tracepoint/cgroup_rmdir",
+                ],
+        "5 programs, all attached: exec, file open, connect, cgroup mkdir and rmdir",
         format!(
             "{} programs, {attached} attached: {}",
             programs.len(),

@@ -170,6 +170,17 @@ pub struct CgroupPathKey {
     pub path: [u8; CGROUP_PATH_BYTES],
 }
 
+/// Value of `PENDING_CGROUPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCgroup {
+    pub profile_id: u32,
+    /// 0 for an exact path (stored with its NUL). Otherwise the entry is a prefix (stored
+    /// without a NUL, e.g. `/kubepods/burstable/pod`) that binds only cgroups at this level
+    /// (number of path components), so a pod's cgroup matches and its containers' do not.
+    pub level: u32,
+}
+
 /// Longest cgroup path (with its NUL) that can be bound at creation.
 pub const CGROUP_PATH_BYTES: usize = 256;
 
@@ -315,6 +326,7 @@ pub mod globals {
     pub const SUPER_BLOCK_S_DEV: &str = "OFF_SUPER_BLOCK_S_DEV";
     pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
     pub const CGROUP_ROOT: &str = "OFF_CGROUP_ROOT";
+    pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
     pub const CGROUP_ROOT_HIERARCHY_ID: &str = "OFF_CGROUP_ROOT_HIERARCHY_ID";
     pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
 }
@@ -376,4 +388,5 @@ mod pod {
     unsafe impl aya::Pod for super::AggKey {}
     unsafe impl aya::Pod for super::AggState {}
     unsafe impl aya::Pod for super::CgroupPathKey {}
+    unsafe impl aya::Pod for super::PendingCgroup {}
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     control,
-    daemon::{self, DecisionsTo, RunOptions},
+    daemon::{self, DecisionsTo, NodeDefault, RunOptions},
     exit, paths, profile,
     report::{self, Decision},
     trust::{self, TrustPolicy, Verifier},
@@ -141,6 +141,11 @@ pub struct RunArgs {
     /// [default: auto]
     #[arg(long, value_name = "WHERE")]
     pub decisions: Option<DecisionsTo>,
+    /// Kubernetes nodes: what governs a pod cgroup that appears before its pod is known —
+    /// `audit` reports its execs, `deny-exec` denies them, `none` leaves it alone
+    /// [default: audit]
+    #[arg(long, value_name = "POLICY")]
+    pub node_default: Option<NodeDefault>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,6 +179,7 @@ pub struct Config {
     pub aggregate_window: Option<u64>,
     pub history: Option<usize>,
     pub decisions: Option<DecisionsTo>,
+    pub node_default: Option<NodeDefault>,
 }
 
 impl Config {
@@ -251,6 +257,10 @@ fn run(args: RunArgs) -> u8 {
             .or(config.history)
             .unwrap_or(daemon::DEFAULT_HISTORY),
         decisions_to: args.decisions.or(config.decisions).unwrap_or_default(),
+        node_default: args
+            .node_default
+            .or(config.node_default)
+            .unwrap_or_default(),
         ..RunOptions::new(
             args.profiles
                 .or(config.profiles)
@@ -490,7 +500,7 @@ mod tests {
         std::fs::write(
             &f,
             "profiles: /p\ntrustedKeys: /k\naudit: true\nallowUnsigned: true\n\
-             metricsAddress: 127.0.0.1:9478\naggregateWindow: 250\nhistory: 50\ndecisions: journal\n",
+             metricsAddress: 127.0.0.1:9478\naggregateWindow: 250\nhistory: 50\ndecisions: journal\nnodeDefault: deny-exec\n",
         )
         .unwrap();
         let c = Config::load(Some(&f)).unwrap();
@@ -505,6 +515,7 @@ mod tests {
                 aggregate_window: Some(250),
                 history: Some(50),
                 decisions: Some(DecisionsTo::Journal),
+                node_default: Some(NodeDefault::DenyExec),
             }
         );
         std::fs::write(&f, "profiles: /p\nprofile: /q\n").unwrap();

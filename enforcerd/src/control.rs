@@ -83,6 +83,9 @@ pub struct ProfileStatus {
     pub on_violation: String,
     pub source: String,
     pub cgroups: Vec<String>,
+    /// Cgroup paths the kernel binds to this profile the instant they are created.
+    #[serde(default)]
+    pub pending: Vec<String>,
     pub decisions: DecisionCounts,
 }
 

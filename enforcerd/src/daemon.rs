@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing::{error, info, warn};
 
 use crate::{
+    compile,
     control::{
         self, DecisionCounts, HookCounters, ProfileStatus, ProgramStatus, ReloadStatus, Request,
         Response, Status,
@@ -26,16 +27,18 @@ use crate::{
         loader::{PROGRAMS, TRACEPOINTS},
         preflight,
     },
+    kubernetes::{self, Driver, Pods},
     metrics::{KernelHookCounts, KernelSnapshot, Metrics},
     paths,
     profile::{self, Diagnostic, Selector},
+    reconcile::KernelMaps as _,
     reconcile::{Accepted, Enforced},
     report::{
         Catalog, ProfileMeta, Shared, journal,
         reader::{self, Sink},
     },
     trust::{SerialStore, TrustPolicy, Verifier},
-    workload::{CgroupFs, GovernedCgroup},
+    workload::{CgroupFs, Resolved},
 };
 
 #[derive(Clone, Debug)]
@@ -56,7 +59,47 @@ pub struct RunOptions {
     /// Decision lines kept for `enforcerd events`.
     pub history: usize,
     pub decisions_to: DecisionsTo,
+    /// What governs a pod cgroup that appears before its pod is known (Kubernetes nodes).
+    pub node_default: NodeDefault,
 }
+
+/// The node default: a built-in profile for pod cgroups whose pod the daemon does not know
+/// yet (it started before the pod reached the watch, or the API server is slow). Released as
+/// soon as the pod is known and matches no profile; replaced by the pod's profile when it
+/// matches one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeDefault {
+    /// Report every exec in such a pod (audit mode, nothing blocked).
+    #[default]
+    Audit,
+    /// Deny every exec in such a pod until it is known.
+    DenyExec,
+    /// Leave such pods ungoverned until they are known.
+    None,
+}
+
+impl NodeDefault {
+    /// The built-in profile, or `None`.
+    fn profile(self) -> Option<crate::profile::Profile> {
+        let mode = match self {
+            NodeDefault::Audit => "audit",
+            NodeDefault::DenyExec => "enforce",
+            NodeDefault::None => return None,
+        };
+        let text = format!(
+            "apiVersion: enforcerd/v1\nkind: Profile\nmetadata: {{name: {NODE_DEFAULT_NAME}, serial: 1}}\n\
+             spec:\n  selector: {{cgroup: /kubepods}}\n  mode: {mode}\n  onViolation: deny\n\
+             \x20 exec: {{default: deny}}\n  files: {{default: allow}}\n\
+             \x20 network: {{connect: {{default: allow}}}}\n"
+        );
+        profile::parse(Path::new("(built-in node default)"), text.as_bytes()).ok()
+    }
+}
+
+/// Profile id of the node default (the ids of profiles from files count up from 1).
+pub const NODE_DEFAULT_ID: u32 = u32::MAX;
+pub const NODE_DEFAULT_NAME: &str = "node-default";
 
 /// Where decision lines go (besides `enforcerd events` and metrics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -92,6 +135,7 @@ impl RunOptions {
             aggregation_window: DEFAULT_AGGREGATION_WINDOW,
             history: DEFAULT_HISTORY,
             decisions_to: DecisionsTo::Auto,
+            node_default: NodeDefault::Audit,
         }
     }
 }
@@ -114,7 +158,12 @@ impl Scan {
 /// Reads every profile file once; verifies its signature over exactly the bytes read, then
 /// parses those bytes, checks for rollback and duplicate names, and resolves its cgroups.
 /// A problem with one file never stops the others.
-pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Scan {
+pub fn scan(
+    opts: &RunOptions,
+    cgroupfs: &CgroupFs,
+    serials: &SerialStore,
+    pods: Option<&Pods>,
+) -> Scan {
     let mut scan = Scan::default();
     let files = match profile::profile_files(&opts.profiles_dir) {
         Ok(f) => f,
@@ -177,7 +226,7 @@ pub fn scan(opts: &RunOptions, cgroupfs: &CgroupFs, serials: &SerialStore) -> Sc
         } else {
             profile
         };
-        let resolved = match cgroupfs.resolve(&profile) {
+        let resolved = match cgroupfs.resolve(&profile, pods) {
             Ok(r) => r,
             Err(e) => {
                 scan.refuse(
@@ -242,6 +291,10 @@ struct Daemon {
     last_reload: Option<ReloadStatus>,
     /// Directories where expected cgroups appear (inotify), so the daemon's view follows.
     cgroup_watch: Option<CgroupWatch>,
+    /// This node's pods (`None`: Kubernetes is not reachable; kubernetes selectors inactive).
+    pods: Option<Pods>,
+    /// Pod cgroup paths of known pods no profile selects (pending with id 0).
+    known_pods: HashSet<String>,
 }
 
 pub fn run(opts: RunOptions) -> u8 {
@@ -320,6 +373,11 @@ pub fn run(opts: RunOptions) -> u8 {
         kernel: kernel_release(),
         last_reload: None,
         cgroup_watch: None,
+        // Until the daemon knows whether Kubernetes answers (see `start_kubernetes`), a node
+        // that names itself has an empty pod list, not "inactive", so kubernetes profiles are
+        // applied (to no pod yet) rather than refused at start.
+        pods: kubernetes::node_name().map(|_| Pods::default()),
+        known_pods: HashSet::new(),
     };
     // The first reload fills the maps before the programs are attached, so their first
     // decision already sees every rule.
@@ -349,7 +407,12 @@ impl Daemon {
                 "--allow-unsigned: applying profiles WITHOUT signature verification (development only)"
             );
         }
-        let scan = scan(&self.opts, &self.cgroupfs, &self.serials);
+        let scan = scan(
+            &self.opts,
+            &self.cgroupfs,
+            &self.serials,
+            self.pods.as_ref(),
+        );
         let mut out = self.enforced.reconcile(
             &mut self.enforcer,
             scan.candidates,
@@ -420,28 +483,33 @@ impl Daemon {
     /// view, reports and removals right). Then publishes the catalog for reports.
     fn refresh_cgroups(&mut self) {
         let owner = self.enforced.owners();
-        let updates: Vec<(String, Vec<GovernedCgroup>)> = self
+        let updates: Vec<(String, Resolved)> = self
             .enforced
             .profiles()
-            .filter(|a| matches!(a.profile.selector, Selector::SystemdUnit(_)))
+            .filter(|a| !matches!(a.profile.selector, Selector::Cgroup(_)))
             .filter_map(|a| {
-                let r = self.cgroupfs.resolve(&a.profile).ok()?;
-                (r.cgroups != a.cgroups).then(|| (a.profile.name.clone(), r.cgroups))
+                let r = self.cgroupfs.resolve(&a.profile, self.pods.as_ref()).ok()?;
+                (r.cgroups != a.cgroups || r.pending != a.pending)
+                    .then(|| (a.profile.name.clone(), r))
             })
             .collect();
-        for (name, cgroups) in updates {
-            if let Err(e) = self
-                .enforced
-                .retarget(&mut self.enforcer, &name, cgroups, &owner)
+        for (name, r) in updates {
+            if let Err(e) =
+                self.enforced
+                    .retarget(&mut self.enforcer, &name, r.cgroups, r.pending, &owner)
             {
                 warn!("profile {name}: {e}");
             }
         }
+        self.mark_known_pods();
         if let Some(w) = &mut self.cgroup_watch {
-            for a in self.enforced.profiles() {
-                for p in &a.pending {
-                    w.watch_parent(&self.cgroupfs.root, p);
-                }
+            let expected = self
+                .enforced
+                .profiles()
+                .flat_map(|a| a.pending.iter())
+                .chain(self.known_pods.iter());
+            for p in expected {
+                w.watch_parent(&self.cgroupfs.root, p);
             }
         }
         // Keep the ids of replaced versions: their records may still be in flight.
@@ -462,6 +530,88 @@ impl Daemon {
             }
         }
         self.shared.publish(catalog);
+    }
+
+    /// Pod cgroups of known pods that no profile selects are pending with id 0 ("known,
+    /// leave alone"), which beats the node default's prefix entries in the kernel; one the
+    /// node default bound before its pod was known is released.
+    fn mark_known_pods(&mut self) {
+        let Some(pods) = &self.pods else { return };
+        let selected: HashSet<&String> = self
+            .enforced
+            .profiles()
+            .flat_map(|a| a.pending.iter())
+            .collect();
+        let known: HashSet<String> = pods
+            .values()
+            .flat_map(|pod| {
+                [Driver::Systemd, Driver::Cgroupfs].map(|d| kubernetes::pod_cgroup(pod, d))
+            })
+            .filter(|p| !selected.contains(p))
+            .collect();
+        let added: Vec<String> = known.difference(&self.known_pods).cloned().collect();
+        let gone: Vec<String> = self
+            .known_pods
+            .difference(&known)
+            .filter(|p| !selected.contains(p))
+            .cloned()
+            .collect();
+        if let Err(e) = self.enforcer.pend(&added, 0) {
+            warn!("marking known pods: {e}");
+        }
+        self.enforcer.unpend(&gone);
+        let existing: Vec<u64> = known
+            .iter()
+            .filter_map(|p| self.cgroupfs.cgroup(p).ok())
+            .map(|c| c.id)
+            .collect();
+        if let Err(e) = self.enforcer.release_from(&existing, NODE_DEFAULT_ID) {
+            warn!("releasing pods from the node default: {e}");
+        }
+        self.known_pods = known;
+    }
+
+    /// Installs the node default (Kubernetes nodes): its built-in profile under
+    /// `NODE_DEFAULT_ID`, bound by the kernel to every new pod-level cgroup (either cgroup
+    /// driver) whose pod is not known yet.
+    fn install_node_default(&mut self) {
+        let Some(profile) = self.opts.node_default.profile() else {
+            return;
+        };
+        let compiled = compile::compile(NODE_DEFAULT_ID, &profile);
+        let prefixes: Vec<(String, u32)> = [Driver::Systemd, Driver::Cgroupfs]
+            .into_iter()
+            .flat_map(kubernetes::pod_cgroup_prefixes)
+            .collect();
+        let installed = self
+            .enforcer
+            .insert_profile(&compiled)
+            .and_then(|()| self.enforcer.pend_prefixes(&prefixes, NODE_DEFAULT_ID));
+        match installed {
+            Ok(()) => {
+                let mut catalog: Catalog = (*self.shared.catalog()).clone();
+                catalog.profiles.insert(
+                    NODE_DEFAULT_ID,
+                    ProfileMeta {
+                        name: NODE_DEFAULT_NAME.into(),
+                        serial: 1,
+                        sha256: profile.sha256.clone(),
+                        mode: profile.mode.as_str(),
+                        cgroups: vec![],
+                    },
+                );
+                self.shared.publish(catalog);
+                info!(
+                    "node default: {} execs in pods not known yet",
+                    if profile.mode.as_str() == "audit" {
+                        "auditing"
+                    } else {
+                        "denying"
+                    }
+                );
+            }
+            Err(e) => error!("cannot install the node default: {e}"),
+        }
     }
 
     fn status(&self) -> Status {
@@ -524,6 +674,7 @@ impl Daemon {
                     on_violation: a.profile.on_violation.as_str().into(),
                     source: a.profile.source.display().to_string(),
                     cgroups: a.cgroups.iter().map(|c| c.path.clone()).collect(),
+                    pending: a.pending.clone(),
                     decisions: decisions
                         .get(&a.profile.name)
                         .copied()
@@ -564,6 +715,50 @@ impl Daemon {
             ringbuf_used_bytes: self.enforcer.ring_used().unwrap_or(0),
             ringbuf_size_bytes: u64::from(enforcerd_common::capacity::EVENTS_BYTES),
         });
+    }
+
+    /// Connects to Kubernetes when this node has access (in a pod, or a kubeconfig) and
+    /// `NODE_NAME` is set: installs the node default, starts watching this node's pods and
+    /// waits (up to 10 s) for the first list, so pods running now are governed before the
+    /// daemon says it is ready. Otherwise says once that kubernetes selectors are inactive.
+    async fn start_kubernetes(&mut self) -> Option<tokio::sync::watch::Receiver<Pods>> {
+        let why = match (kubernetes::client().await, kubernetes::node_name()) {
+            (Ok(Some(client)), Some(node)) => Ok((client, node)),
+            (Ok(None), _) => Err("not in a pod and no kubeconfig".to_string()),
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(Some(_)), None) => {
+                Err("NODE_NAME is not set (the DaemonSet sets it from spec.nodeName)".into())
+            }
+        };
+        let (client, node) = match why {
+            Ok(found) => found,
+            Err(why) => {
+                info!("Kubernetes selectors are inactive: {why}");
+                if self.pods.take().is_some() {
+                    self.reload("Kubernetes inactive");
+                }
+                return None;
+            }
+        };
+        self.install_node_default();
+        let (tx, mut rx) = tokio::sync::watch::channel(Pods::default());
+        tokio::spawn(kubernetes::watch_pods(client, node.clone(), tx));
+        match tokio::time::timeout(Duration::from_secs(10), rx.changed()).await {
+            Ok(Ok(())) => {
+                let pods = rx.borrow_and_update().clone();
+                info!("watching the {} pods of node {node}", pods.len());
+                self.pods = Some(pods);
+                // Profiles with kubernetes selectors were refused before the list came.
+                self.reload("Kubernetes pods listed");
+            }
+            _ => {
+                warn!(
+                    "no pod list from the API server within 10 s; pods are governed once it answers"
+                );
+                self.pods = Some(Pods::default());
+            }
+        }
+        Some(rx)
     }
 
     /// Runs until SIGTERM or SIGINT; returns the exit code.
@@ -621,6 +816,7 @@ impl Daemon {
                     None
                 }
             };
+            let mut pods = self.start_kubernetes().await;
             self.refresh_cgroups();
             let mut changes = match watch(&self.opts.profiles_dir) {
                 Ok(s) => Some(s),
@@ -679,6 +875,10 @@ impl Daemon {
                         self.reload("profiles directory changed");
                     }
                     Some(_) = next_cgroup_change(&mut self.cgroup_watch) => {
+                        self.refresh_cgroups();
+                    }
+                    Some(snapshot) = next_pods(&mut pods) => {
+                        self.pods = Some(snapshot);
                         self.refresh_cgroups();
                     }
                     accepted = listener.accept() => {
@@ -766,6 +966,16 @@ impl CgroupWatch {
             }
             Err(e) => warn!("cannot watch {}: {e}", dir.display()),
         }
+    }
+}
+
+async fn next_pods(pods: &mut Option<tokio::sync::watch::Receiver<Pods>>) -> Option<Pods> {
+    match pods {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -879,7 +1089,12 @@ mod tests {
             "apiVersion: enforcerd/v1\nkind: Nope\n",
         )
         .unwrap();
-        let s = scan(&opts, &fs, &SerialStore::open(&opts.serials_file).unwrap());
+        let s = scan(
+            &opts,
+            &fs,
+            &SerialStore::open(&opts.serials_file).unwrap(),
+            None,
+        );
         assert_eq!(names(&s), ["web", "db2"]);
         let p = &s.problems;
         assert_eq!(p.len(), 3, "{p:#?}");
@@ -911,7 +1126,7 @@ mod tests {
         .unwrap();
         let mut serials = SerialStore::open(&opts.serials_file).unwrap();
         serials.record(&[("web".into(), 5)]).unwrap();
-        let s = scan(&opts, &fs, &serials);
+        let s = scan(&opts, &fs, &serials, None);
         assert!(s.candidates.is_empty());
         assert_eq!(
             s.problems,
@@ -932,6 +1147,7 @@ mod tests {
             },
             &fs,
             &SerialStore::open(&opts.serials_file).unwrap(),
+            None,
         );
         assert_eq!(s.candidates[0].profile.mode, crate::profile::Mode::Audit);
     }
@@ -945,7 +1161,12 @@ mod tests {
             trust: TrustPolicy::new(false, keys),
             ..opts
         };
-        let s = scan(&opts, &fs, &SerialStore::open(&opts.serials_file).unwrap());
+        let s = scan(
+            &opts,
+            &fs,
+            &SerialStore::open(&opts.serials_file).unwrap(),
+            None,
+        );
         assert!(s.candidates.is_empty());
         assert!(
             s.problems[0].contains("missing signature"),

@@ -72,9 +72,10 @@ impl Applied {
         self.compiled.id
     }
 
-    /// Same rules and pending paths: only the governed cgroups may differ.
+    /// Same rules: only the cgroups (and pending paths) may differ, which `retarget` handles
+    /// under the same id.
     fn same_as(&self, a: &Accepted) -> bool {
-        self.profile == a.profile && self.pending == a.pending
+        self.profile == a.profile
     }
 }
 
@@ -201,7 +202,9 @@ impl Enforced {
                 .get(&name)
                 .is_some_and(|a| a.same_as(&candidate))
             {
-                if let Err(e) = self.retarget(kernel, &name, candidate.cgroups, &owner) {
+                if let Err(e) =
+                    self.retarget(kernel, &name, candidate.cgroups, candidate.pending, &owner)
+                {
                     out.problems.push(format!(
                         "{}: profile {name}: {e}",
                         candidate.profile.source.display()
@@ -356,23 +359,28 @@ impl Enforced {
         out
     }
 
-    /// Points an applied profile at a new set of cgroups under the same id (a unit restarted,
-    /// a pod came or went): governs the new ones, releases the gone ones. A cgroup another
-    /// profile governs is left to it and reported.
+    /// Points an applied profile at a new set of cgroups and pending paths under the same id
+    /// (a unit restarted, a pod came or went): governs the new ones, releases the gone ones.
+    /// A cgroup another profile governs is left to it and reported.
     pub fn retarget(
         &mut self,
         kernel: &mut impl KernelMaps,
         name: &str,
         cgroups: Vec<GovernedCgroup>,
+        pending: Vec<String>,
         owner: &HashMap<u64, String>,
     ) -> Result<(), String> {
         let Some(applied) = self.profiles.get(name) else {
             return Ok(());
         };
-        if applied.cgroups == cgroups {
+        if applied.cgroups == cgroups && applied.pending == pending {
             return Ok(());
         }
         let id = applied.id();
+        let added: Vec<String> = stray_paths(&pending, Some(&applied.pending));
+        let dropped: Vec<String> = stray_paths(&applied.pending, Some(&pending));
+        kernel.pend(&added, id).map_err(|e| e.to_string())?;
+        kernel.unpend(&dropped);
         let (mine, taken): (Vec<GovernedCgroup>, Vec<GovernedCgroup>) = cgroups
             .into_iter()
             .partition(|c| owner.get(&c.id).is_none_or(|o| o == name));
@@ -391,6 +399,7 @@ impl Enforced {
         kernel.ungovern(&gone).map_err(|e| e.to_string())?;
         if let Some(a) = self.profiles.get_mut(name) {
             a.cgroups = mine;
+            a.pending = pending;
         }
         match taken.first() {
             Some(c) => Err(format!(
@@ -450,7 +459,7 @@ mod tests {
             }
             for (path, id) in &self.pending {
                 assert!(
-                    self.profiles.contains_key(id),
+                    *id == 0 || self.profiles.contains_key(id),
                     "pending {path} points at missing profile {id}"
                 );
             }

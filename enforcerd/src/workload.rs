@@ -7,7 +7,10 @@ use std::{
 
 use enforcerd_common::MAX_CGROUP_LEVELS;
 
-use crate::profile::{Profile, Selector};
+use crate::{
+    kubernetes::{self, Driver, Pods},
+    profile::{Profile, Selector},
+};
 
 /// `CGROUP2_SUPER_MAGIC` from `statfs(2)`.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -38,8 +41,11 @@ pub enum WorkloadError {
         levels: usize,
         max: usize,
     },
-    #[error("kubernetes selectors are not supported by this version of enforcerd")]
-    KubernetesUnsupported,
+    #[error(
+        "kubernetes selectors are inactive on this node: enforcerd has no Kubernetes API access \
+         (not running in a pod, no kubeconfig) or NODE_NAME is unset"
+    )]
+    KubernetesInactive,
 }
 
 /// What a selector resolves to.
@@ -78,7 +84,16 @@ impl CgroupFs {
     /// `/system.slice/UNIT` (where systemd creates a system unit's cgroup unless the unit sets
     /// `Slice=`), so a unit that is not running yet, or restarts, is governed from the
     /// instant systemd creates its cgroup, before its process execs.
-    pub fn resolve(&self, profile: &Profile) -> Result<Resolved, WorkloadError> {
+    ///
+    /// A `kubernetes` selector expects the pod-level cgroup of every matching pod on this node
+    /// (or, with `container`, that container's cgroup once its id is known), for both the
+    /// systemd and the cgroupfs cgroup driver (see docs/kubernetes-cgroups.md); `pods` is
+    /// `None` when Kubernetes is not reachable from this node.
+    pub fn resolve(
+        &self,
+        profile: &Profile,
+        pods: Option<&Pods>,
+    ) -> Result<Resolved, WorkloadError> {
         match &profile.selector {
             Selector::Cgroup(path) => Ok(Resolved {
                 cgroups: vec![self.cgroup(path)?],
@@ -92,7 +107,29 @@ impl CgroupFs {
                 pending.dedup();
                 Ok(Resolved { cgroups, pending })
             }
-            Selector::Kubernetes { .. } => Err(WorkloadError::KubernetesUnsupported),
+            Selector::Kubernetes {
+                namespace,
+                pod_labels,
+                container,
+            } => {
+                let pods = pods.ok_or(WorkloadError::KubernetesInactive)?;
+                let mut pending: Vec<String> = pods
+                    .values()
+                    .filter(|pod| kubernetes::matches(namespace, pod_labels, pod))
+                    .flat_map(|pod| {
+                        [Driver::Systemd, Driver::Cgroupfs]
+                            .into_iter()
+                            .filter_map(move |driver| match container {
+                                None => Some(kubernetes::pod_cgroup(pod, driver)),
+                                Some(c) => kubernetes::container_cgroup(pod, c, driver),
+                            })
+                    })
+                    .collect();
+                pending.sort();
+                pending.dedup();
+                let cgroups = pending.iter().filter_map(|p| self.cgroup(p).ok()).collect();
+                Ok(Resolved { cgroups, pending })
+            }
         }
     }
 
@@ -260,10 +297,10 @@ mod tests {
             );
             crate::profile::parse(Path::new("u.yaml"), text.as_bytes()).unwrap()
         };
-        let r = fs.resolve(&profile("absent.service")).unwrap();
+        let r = fs.resolve(&profile("absent.service"), None).unwrap();
         assert!(r.cgroups.is_empty());
         assert_eq!(r.pending, ["/system.slice/absent.service"]);
-        let r = fs.resolve(&profile("nginx.service")).unwrap();
+        let r = fs.resolve(&profile("nginx.service"), None).unwrap();
         let paths: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             paths,

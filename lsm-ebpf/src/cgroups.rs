@@ -4,7 +4,8 @@
 //! on the `cgroup_mkdir` tracepoint, looks the new cgroup's path up there and governs its id
 //! in `CGROUP_PROFILES`. The tracepoint fires inside mkdir(2), before the directory is
 //! activated, so no task can have entered the cgroup yet. `cgroup_rmdir` drops the entry of a
-//! removed cgroup, so restarts do not fill the map.
+//! removed cgroup, so restarts do not fill the map. Prefix entries (the node default for pod
+//! cgroups of pods the daemon does not know yet) bind only cgroups at their level.
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str},
@@ -41,9 +42,19 @@ pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     unsafe { (*key).prefix_len = 8 * len as u32 };
-    if let Some(profile_id) = PENDING_CGROUPS.get(unsafe { &*key }) {
-        let _ = CGROUP_PROFILES.insert(&id, profile_id, 0);
+    let Some(pending) = PENDING_CGROUPS.get(unsafe { &*key }) else {
+        return 0;
+    };
+    if pending.level != 0 {
+        // A prefix entry: only cgroups at its level (a pod's, not its containers').
+        let level: i32 =
+            unsafe { bpf_probe_read_kernel(cgrp.add(offsets::cgroup_level()) as *const i32) }
+                .unwrap_or(-1);
+        if level != pending.level as i32 {
+            return 0;
+        }
     }
+    let _ = CGROUP_PROFILES.insert(&id, &pending.profile_id, 0);
     0
 }
 

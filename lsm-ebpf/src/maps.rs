@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use enforcerd_common::{
     AggKey, AggState, CgroupPathKey, ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey,
-    ProfileConfig, capacity, counter,
+    PendingCgroup, ProfileConfig, capacity, counter,
 };
 
 /// Governed cgroup id -> profile id.
@@ -47,7 +47,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// Cgroup paths expected to appear (a systemd unit's, a pod's) -> the profile id to govern
 /// them with from the instant they are created (see `cgroups::cgroup_mkdir`).
 #[map]
-pub static PENDING_CGROUPS: LpmTrie<CgroupPathKey, u32> =
+pub static PENDING_CGROUPS: LpmTrie<CgroupPathKey, PendingCgroup> =
     LpmTrie::with_max_entries(capacity::PENDING_CGROUPS, 0);
 
 /// Per-CPU scratch space for the `cgroup_mkdir` path (as a `PENDING_CGROUPS` key).

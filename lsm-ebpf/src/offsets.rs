@@ -56,6 +56,8 @@ static OFF_CGROUP_KN: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_CGROUP_ROOT: u64 = 0;
 #[unsafe(no_mangle)]
+static OFF_CGROUP_LEVEL: u64 = 0;
+#[unsafe(no_mangle)]
 static OFF_CGROUP_ROOT_HIERARCHY_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u64 = 0;
@@ -176,4 +178,8 @@ pub fn cgroup_root_hierarchy_id() -> usize {
 #[inline(always)]
 pub fn kernfs_node_id() -> usize {
     unsafe { read_volatile(&OFF_KERNFS_NODE_ID) as usize }
+}
+#[inline(always)]
+pub fn cgroup_level() -> usize {
+    unsafe { read_volatile(&OFF_CGROUP_LEVEL) as usize }
 }

@@ -89,6 +89,13 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "a systemdUnit profile governs the unit's cgroup from its creation (cgroup_mkdir): \
                 30 restarts, each first open denied; status follows; replacement and stop",
     },
+    Scenario {
+        name: "kubernetes_pods",
+        needs_daemon: true,
+        about: "pods from a stand-in API server: containerd/systemd and CRI-O/cgroupfs pod \
+                cgroups created after the profile, first exec denied; node default until a pod \
+                is known; known unselected pods untouched; pod event latency",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -46,6 +46,7 @@ pub struct Offsets {
     pub super_block_s_dev: u64,
     pub cgroup_kn: u64,
     pub cgroup_root: u64,
+    pub cgroup_level: u64,
     pub cgroup_root_hierarchy_id: u64,
     pub kernfs_node_id: u64,
 }
@@ -82,13 +83,14 @@ impl Offsets {
             super_block_s_dev: member_offset(&btf, "super_block", "s_dev")?,
             cgroup_kn: member_offset(&btf, "cgroup", "kn")?,
             cgroup_root: member_offset(&btf, "cgroup", "root")?,
+            cgroup_level: member_offset(&btf, "cgroup", "level")?,
             cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
             kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 27] {
+    pub fn globals(&self) -> [(&'static str, u64); 28] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -116,6 +118,7 @@ impl Offsets {
             (g::SUPER_BLOCK_S_DEV, self.super_block_s_dev),
             (g::CGROUP_KN, self.cgroup_kn),
             (g::CGROUP_ROOT, self.cgroup_root),
+            (g::CGROUP_LEVEL, self.cgroup_level),
             (g::CGROUP_ROOT_HIERARCHY_ID, self.cgroup_root_hierarchy_id),
             (g::KERNFS_NODE_ID, self.kernfs_node_id),
         ]

@@ -12,8 +12,8 @@ use aya::{
 use std::time::Duration;
 
 use enforcerd_common::{
-    CGROUP_PATH_BYTES, CgroupPathKey, ExecRule, FileRule, NetKey, NetRule, PathKey, ProfileConfig,
-    counter, globals, maps as names,
+    CGROUP_PATH_BYTES, CgroupPathKey, ExecRule, FileRule, NetKey, NetRule, PathKey, PendingCgroup,
+    ProfileConfig, counter, globals, maps as names,
 };
 
 use std::os::fd::AsFd as _;
@@ -269,6 +269,43 @@ impl Enforcer {
         Ok(Reporting { ring, aggregates })
     }
 
+    /// Prefix entries of `PENDING_CGROUPS`: a new cgroup whose path starts with the prefix
+    /// and that sits at the given level is governed by `id` (the node default).
+    pub fn pend_prefixes(&mut self, prefixes: &[(String, u32)], id: u32) -> Result<(), LoadError> {
+        let mut pending: LpmTrie<_, CgroupPathKey, PendingCgroup> =
+            self.map(names::PENDING_CGROUPS)?;
+        for (prefix, level) in prefixes {
+            let (len, key) = cgroup_path_key(prefix).ok_or_else(|| LoadError::Map {
+                map: names::PENDING_CGROUPS,
+                error: format!("cgroup path prefix {prefix} is too long"),
+            })?;
+            // Without the NUL: a prefix.
+            let value = PendingCgroup {
+                profile_id: id,
+                level: *level,
+            };
+            pending
+                .insert(&Key::new(len - 8, key), &value, 0)
+                .map_err(|e| map_error(names::PENDING_CGROUPS, e))?;
+        }
+        Ok(())
+    }
+
+    /// Ungoverns those of `cgroups` that point at `id`.
+    pub fn release_from(&mut self, cgroups: &[u64], id: u32) -> Result<(), LoadError> {
+        let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
+        for cgroup in cgroups {
+            if governed.get(cgroup, 0).is_ok_and(|v| v == id) {
+                match governed.remove(cgroup) {
+                    Ok(()) => {}
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes of decision records the kernel wrote and the reader has not consumed yet.
     pub fn ring_used(&self) -> Option<u64> {
         self.ring_positions.as_ref().map(RingPositions::used)
@@ -363,7 +400,8 @@ impl KernelMaps for Enforcer {
     }
 
     fn pend(&mut self, paths: &[String], id: u32) -> Result<(), LoadError> {
-        let mut pending: LpmTrie<_, CgroupPathKey, u32> = self.map(names::PENDING_CGROUPS)?;
+        let mut pending: LpmTrie<_, CgroupPathKey, PendingCgroup> =
+            self.map(names::PENDING_CGROUPS)?;
         for path in paths {
             let (len, key) = cgroup_path_key(path).ok_or_else(|| LoadError::Map {
                 map: names::PENDING_CGROUPS,
@@ -373,14 +411,22 @@ impl KernelMaps for Enforcer {
                 ),
             })?;
             pending
-                .insert(&Key::new(len, key), &id, 0)
+                .insert(
+                    &Key::new(len, key),
+                    &PendingCgroup {
+                        profile_id: id,
+                        level: 0,
+                    },
+                    0,
+                )
                 .map_err(|e| map_error(names::PENDING_CGROUPS, e))?;
         }
         Ok(())
     }
 
     fn unpend(&mut self, paths: &[String]) {
-        if let Ok(mut pending) = self.map::<LpmTrie<_, CgroupPathKey, u32>>(names::PENDING_CGROUPS)
+        if let Ok(mut pending) =
+            self.map::<LpmTrie<_, CgroupPathKey, PendingCgroup>>(names::PENDING_CGROUPS)
         {
             for (len, key) in paths.iter().filter_map(|p| cgroup_path_key(p)) {
                 let _ = pending.remove(&Key::new(len, key));

@@ -109,7 +109,7 @@ pub struct StartFailure {
 impl Daemon {
     /// Starts `enforcerd run --profiles DIR --allow-unsigned` and waits for READY=1.
     pub fn start(profiles: &Path, tag: &str) -> Result<Daemon, StartFailure> {
-        Daemon::start_with(profiles, tag, &Trust::AllowUnsigned, &[])
+        Daemon::start_with(profiles, tag, &Trust::AllowUnsigned, &[], &[])
     }
 
     /// Starts `enforcerd run --profiles DIR` with the given trust arguments (and `extra`
@@ -119,6 +119,7 @@ impl Daemon {
         tag: &str,
         trust: &Trust,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Daemon, StartFailure> {
         let stdout_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.out"));
         let stderr_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.err"));
@@ -160,6 +161,7 @@ impl Daemon {
             .args(&trust_args)
             .env("NOTIFY_SOCKET", &sock_path)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

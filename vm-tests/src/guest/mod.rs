@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod demo;
 pub mod fixtures;
+pub mod kube_api;
 pub mod out;
 pub mod scenarios;
 pub mod sys;

@@ -130,7 +130,7 @@ impl Ctx {
     /// Starts the daemon on a profile directory and records the `check` that it became ready.
     /// An error means the rest of the scenario cannot run.
     pub fn start_daemon(&mut self, profiles: &std::path::Path, check: &str) -> anyhow::Result<()> {
-        self.start_daemon_with(profiles, &Trust::AllowUnsigned, &[], check)
+        self.start_daemon_with(profiles, &Trust::AllowUnsigned, &[], &[], check)
     }
 
     /// [`Ctx::start_daemon`] with more `enforcerd run` arguments.
@@ -140,7 +140,18 @@ impl Ctx {
         extra: &[&str],
         check: &str,
     ) -> anyhow::Result<()> {
-        self.start_daemon_with(profiles, &Trust::AllowUnsigned, extra, check)
+        self.start_daemon_with(profiles, &Trust::AllowUnsigned, extra, &[], check)
+    }
+
+    /// [`Ctx::start_daemon_args`] with environment variables for the daemon.
+    pub fn start_daemon_env(
+        &mut self,
+        profiles: &std::path::Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        check: &str,
+    ) -> anyhow::Result<()> {
+        self.start_daemon_with(profiles, &Trust::AllowUnsigned, extra, env, check)
     }
 
     /// The running daemon's pid.
@@ -164,7 +175,13 @@ impl Ctx {
         trusted_keys: &std::path::Path,
         check: &str,
     ) -> anyhow::Result<()> {
-        self.start_daemon_with(profiles, &Trust::Keys(trusted_keys.to_owned()), &[], check)
+        self.start_daemon_with(
+            profiles,
+            &Trust::Keys(trusted_keys.to_owned()),
+            &[],
+            &[],
+            check,
+        )
     }
 
     fn start_daemon_with(
@@ -172,11 +189,12 @@ impl Ctx {
         profiles: &std::path::Path,
         trust: &Trust,
         extra: &[&str],
+        env: &[(&str, &str)],
         check: &str,
     ) -> anyhow::Result<()> {
         self.stop_daemon_quietly();
         let tag = format!("{}-{check}", self.scenario);
-        match Daemon::start_with(profiles, &tag, trust, extra) {
+        match Daemon::start_with(profiles, &tag, trust, extra, env) {
             Ok(d) => {
                 let after = d.ready_after;
                 self.daemon = Some(d);

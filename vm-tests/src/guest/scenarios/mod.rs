@@ -11,6 +11,7 @@ mod environment;
 mod exec_allowlist;
 mod files;
 mod kill_on_violation;
+mod kubernetes_pods;
 mod live_reload_without_gap;
 mod nested_cgroups_and_namespaces;
 mod signed_profiles;
@@ -50,6 +51,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
         "systemd_unit_restart" => {
             systemd_unit_restart::a_restarted_unit_is_governed_from_its_cgroups_creation(ctx)
         }
+        "kubernetes_pods" => kubernetes_pods::pods_are_governed_from_their_first_exec(ctx),
         other => bail!("no scenario named {other}"),
     }
 }

@@ -34,7 +34,7 @@ use crate::{
     reconcile::KernelMaps as _,
     reconcile::{Accepted, Enforced},
     report::{
-        Catalog, ProfileMeta, Shared, journal,
+        Catalog, K8s, ProfileMeta, Shared, journal,
         reader::{self, Sink},
     },
     trust::{SerialStore, TrustPolicy, Verifier},
@@ -514,6 +514,7 @@ impl Daemon {
         }
         // Keep the ids of replaced versions: their records may still be in flight.
         let mut catalog: Catalog = (*self.shared.catalog()).clone();
+        catalog.k8s = self.pods.as_ref().map(|p| k8s_paths(p)).unwrap_or_default();
         for a in self.enforced.profiles() {
             catalog.profiles.insert(
                 a.id(),
@@ -542,8 +543,30 @@ impl Daemon {
             .profiles()
             .flat_map(|a| a.pending.iter())
             .collect();
+        // A pod a container-scoped profile selects stays under the node default until its
+        // container's id (and so its cgroup) is known.
+        let awaiting: HashSet<&String> = self
+            .enforced
+            .profiles()
+            .filter_map(|a| match &a.profile.selector {
+                Selector::Kubernetes {
+                    namespace,
+                    pod_labels,
+                    container: Some(c),
+                } => Some((namespace, pod_labels, c)),
+                _ => None,
+            })
+            .flat_map(|(namespace, labels, c)| {
+                pods.values().filter(move |pod| {
+                    kubernetes::matches(namespace, labels, pod)
+                        && kubernetes::container_cgroup(pod, c, Driver::Systemd).is_none()
+                })
+            })
+            .map(|pod| &pod.uid)
+            .collect();
         let known: HashSet<String> = pods
             .values()
+            .filter(|pod| !awaiting.contains(&pod.uid))
             .flat_map(|pod| {
                 [Driver::Systemd, Driver::Cgroupfs].map(|d| kubernetes::pod_cgroup(pod, d))
             })
@@ -908,6 +931,27 @@ impl Daemon {
         info!("programs detached; exiting");
         code
     }
+}
+
+/// Every pod and container cgroup path (both drivers) of `pods`, with its identity.
+fn k8s_paths(pods: &Pods) -> HashMap<String, K8s> {
+    let mut paths = HashMap::new();
+    for pod in pods.values() {
+        let id = |container: Option<&str>| K8s {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            container: container.map(str::to_owned),
+        };
+        for driver in [Driver::Systemd, Driver::Cgroupfs] {
+            paths.insert(kubernetes::pod_cgroup(pod, driver), id(None));
+            for c in &pod.containers {
+                if let Some(path) = kubernetes::container_cgroup(pod, &c.name, driver) {
+                    paths.insert(path, id(Some(&c.name)));
+                }
+            }
+        }
+    }
+    paths
 }
 
 fn decision_sink(to: DecisionsTo) -> std::io::Result<Sink> {

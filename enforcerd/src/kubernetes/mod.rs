@@ -128,7 +128,7 @@ pub fn pod_cgroup(pod: &PodInfo, driver: Driver) -> String {
     }
 }
 
-/// The cgroup level (number of path components) of pod_cgroup(pod, driver).
+/// The cgroup level (number of path components) of `pod_cgroup(pod, driver)`.
 pub fn pod_cgroup_level(pod: &PodInfo, driver: Driver) -> u32 {
     qos_prefix(pod.qos, driver).1
 }
@@ -190,7 +190,7 @@ pub fn matches(namespace: &str, pod_labels: &BTreeMap<String, String>, pod: &Pod
             .all(|(k, v)| pod.labels.get(k).is_some_and(|pv| pv == v))
 }
 
-/// Node name from $NODE_NAME (set by the DaemonSet from spec.nodeName via the downward API).
+/// Node name from `$NODE_NAME` (set by the DaemonSet from `spec.nodeName` via the downward API).
 pub fn node_name() -> Option<String> {
     non_empty(std::env::var("NODE_NAME").ok())
 }
@@ -297,7 +297,8 @@ async fn watch_pods_with<B: Backoff>(
 ) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    // The watcher stream never ends; only a backoff that gives up ends it, then start afresh.
+    // The watcher stream never ends; only a backoff that gives up (the default never does)
+    // ends it, and then the watch starts afresh, a second later.
     loop {
         let mut stream = pin!(watcher::watcher(api.clone(), config.clone()).backoff(backoff()));
         let mut pods = BTreeMap::new();
@@ -357,6 +358,10 @@ async fn watch_pods_with<B: Backoff>(
                     tracing::warn!("pods of node {node}: {e}; retrying with backoff");
                 }
             }
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
     }
 }

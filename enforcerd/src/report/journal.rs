@@ -157,6 +157,7 @@ mod tests {
             count: 1,
             summary: false,
             first_ts: None,
+            k8s: None,
         }
     }
 

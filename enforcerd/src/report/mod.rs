@@ -41,6 +41,25 @@ pub struct Catalog {
     pub profiles: HashMap<u32, ProfileMeta>,
     /// Cgroup id -> path of governed cgroups.
     pub cgroups: HashMap<u64, String>,
+    /// Pod and container cgroup paths (both drivers) -> their pod and container.
+    pub k8s: HashMap<String, K8s>,
+}
+
+impl Catalog {
+    /// The pod of the nearest ancestor of `cgroup` (or itself) that is a pod's or a
+    /// container's cgroup.
+    pub fn k8s_of(&self, cgroup: &str) -> Option<K8s> {
+        let mut path = cgroup;
+        loop {
+            if let Some(k) = self.k8s.get(path) {
+                return Some(k.clone());
+            }
+            path = &path[..path.rfind('/')?];
+            if path.is_empty() {
+                return None;
+            }
+        }
+    }
 }
 
 /// What the daemon and the decision reader share. Each lock is held only to swap a snapshot
@@ -137,6 +156,18 @@ pub struct Decision {
     pub summary: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_ts: Option<String>,
+    /// The pod (and container, once its id is known) of a decision in a pod's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8s>,
+}
+
+/// Kubernetes identity of a cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct K8s {
+    pub namespace: String,
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Reads a record from ring buffer bytes (which carry no alignment guarantee for us).
@@ -181,6 +212,7 @@ pub fn describe(
     exe: Option<String>,
 ) -> Decision {
     let meta = catalog.profiles.get(&e.profile_id).cloned();
+    let k8s = cgroup.as_deref().and_then(|c| catalog.k8s_of(c));
     let (target, truncated) = target(e);
     Decision {
         ts,
@@ -237,6 +269,7 @@ pub fn describe(
         count: 1,
         summary: false,
         first_ts: None,
+        k8s,
     }
 }
 
@@ -338,7 +371,47 @@ mod tests {
         Catalog {
             profiles,
             cgroups: HashMap::from([(99, "/web".into())]),
+            k8s: HashMap::from([
+                ("/kubepods/pod1".into(), pod_ref(None)),
+                ("/kubepods/pod1/abc".into(), pod_ref(Some("app"))),
+            ]),
         }
+    }
+
+    fn pod_ref(container: Option<&str>) -> K8s {
+        K8s {
+            namespace: "web".into(),
+            pod: "web-1".into(),
+            container: container.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn decisions_in_pod_cgroups_name_the_pod_and_known_containers() {
+        let c = catalog();
+        assert_eq!(c.k8s_of("/kubepods/pod1/abc"), Some(pod_ref(Some("app"))));
+        assert_eq!(
+            c.k8s_of("/kubepods/pod1/abc/nested"),
+            Some(pod_ref(Some("app")))
+        );
+        assert_eq!(
+            c.k8s_of("/kubepods/pod1/unknown-container"),
+            Some(pod_ref(None))
+        );
+        assert_eq!(c.k8s_of("/kubepods/pod2"), None);
+        assert_eq!(c.k8s_of("/web"), None);
+        let d = describe(
+            &event(hook::FILE),
+            &c,
+            Some("/kubepods/pod1/abc".into()),
+            "t".into(),
+            None,
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json["k8s"],
+            serde_json::json!({"namespace": "web", "pod": "web-1", "container": "app"})
+        );
     }
 
     #[test]

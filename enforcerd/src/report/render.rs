@@ -117,6 +117,12 @@ pub fn line(d: &Decision, colour: bool) -> String {
             let _ = write!(s, "{}", d.cgroup_id);
         }
     }
+    if let Some(k) = &d.k8s {
+        let _ = write!(s, "  pod {}/{}", clean(&k.namespace), clean(&k.pod));
+        if let Some(c) = &k.container {
+            let _ = write!(s, " container {}", clean(c));
+        }
+    }
     s
 }
 
@@ -185,6 +191,7 @@ mod tests {
             count: 1,
             summary: false,
             first_ts: None,
+            k8s: None,
         }
     }
 

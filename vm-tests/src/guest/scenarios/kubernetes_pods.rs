@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 const NODE: &str = "vm-node";
 const KUBECONFIG: &str = "/tmp/kubeconfig";
 const CONTAINER_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const CONTAINER_ID2: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
 fn uid(n: u32) -> String {
     format!("1111aaaa-0000-4000-8000-{n:012}")
@@ -224,6 +225,32 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
     let r = exec_in(Some(&c5), &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
     ctx.expect("pod_added_later_first_exec_denied", &Outcome::EPERM, &r);
 
+    // Decisions name the pod, and the container once the pod's status gives its id.
+    let mut web1 = pod(NODE, "web", "web-1", &uid(1), web.clone(), "Burstable");
+    web1["status"]["containerStatuses"] =
+        json!([{"name": "app", "containerID": format!("containerd://{CONTAINER_ID2}")}]);
+    api.apply(web1);
+    // The pod event takes ~150 ms to reach the catalog (see the latencies above).
+    std::thread::sleep(Duration::from_secs(2));
+    let c6 = Cgroup::create(&format!(
+        "{}/cri-containerd-{CONTAINER_ID2}.scope",
+        systemd_pod("Burstable", &uid(1))
+    ))?;
+    let r = exec_in(Some(&c6), &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
+    ctx.expect("container_exec_denied", &Outcome::EPERM, &r);
+    let want = json!({"namespace": "web", "pod": "web-1", "container": "app"});
+    let found = ctx
+        .daemon
+        .as_mut()
+        .and_then(|d| d.wait_decision(Duration::from_secs(10), |v| v["pid"] == r.pid));
+    ctx.check(
+        "decision_names_pod_and_container",
+        found.as_ref().is_some_and(|v| v["k8s"] == want),
+        format!("k8s {want}"),
+        format!("{found:?}"),
+        None,
+    );
+
     // A deleted pod is no longer expected.
     api.delete(&uid(1));
     let gone = wait_until(Duration::from_secs(10), || {
@@ -238,7 +265,7 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
     );
 
     ctx.stop_daemon("daemon_stops_on_sigterm");
-    for cg in [c1, c2, c3, c4, c5] {
+    for cg in [c6, c1, c2, c3, c4, c5] {
         let _ = std::fs::remove_dir(cg.dir());
     }
     Ok(())

@@ -514,7 +514,7 @@ impl Daemon {
         }
         // Keep the ids of replaced versions: their records may still be in flight.
         let mut catalog: Catalog = (*self.shared.catalog()).clone();
-        catalog.k8s = self.pods.as_ref().map(|p| k8s_paths(p)).unwrap_or_default();
+        catalog.k8s = self.pods.as_ref().map(k8s_paths).unwrap_or_default();
         for a in self.enforced.profiles() {
             catalog.profiles.insert(
                 a.id(),

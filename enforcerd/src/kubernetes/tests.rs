@@ -1066,3 +1066,82 @@ async fn watch_pods_ends_at_once_without_receivers() {
     .await
     .unwrap();
 }
+
+/// From the API server to the cgroups a profile governs: the real client lists the pods, and
+/// `kubernetes` selectors resolve against that list and a cgroup tree (kubelet has created
+/// frontend-1's pod cgroup, systemd driver; api-1's not yet).
+#[tokio::test]
+async fn listed_pods_end_up_governed() {
+    let mut api = FakeApi::start().await;
+    let a = pod(
+        UID_A,
+        "web",
+        "frontend-1",
+        &[("app", "frontend")],
+        "Burstable",
+        &[("nginx", Some(&format!("containerd://{ID_A}")))],
+        "90",
+    );
+    let b = pod(
+        UID_B,
+        "web",
+        "api-1",
+        &[("app", "api")],
+        "Guaranteed",
+        &[("api", None)],
+        "95",
+    );
+    api.list(200, pod_list("100", &[&a, &b]));
+    let _w = api.watch();
+    let (tx, mut rx) = watch::channel(Pods::default());
+    let task = tokio::spawn(watch_pods(api.client(), "node-1".into(), tx));
+    let pods: Pods = Arc::new(next(&mut rx).await);
+    api.expect(None).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let frontend = pod_cgroup(&pods[UID_A], Driver::Systemd);
+    std::fs::create_dir_all(dir.path().join(frontend.trim_start_matches('/'))).unwrap();
+    let fs = crate::workload::CgroupFs {
+        root: dir.path().into(),
+    };
+    let resolve = |selector: &str| {
+        let text = format!(
+            "apiVersion: enforcerd/v1\nkind: Profile\nmetadata: {{name: p, serial: 1}}\nspec:\n  selector: {{kubernetes: {selector}}}\n"
+        );
+        let profile = crate::profile::parse(Path::new("p.yaml"), text.as_bytes()).unwrap();
+        fs.resolve(&profile, Some(&pods)).unwrap()
+    };
+
+    let r = resolve("{namespace: web, podLabels: {app: frontend}}");
+    let governed: Vec<&str> = r.cgroups.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(governed, [frontend.as_str()]);
+    let mut expected = vec![frontend.clone(), pod_cgroup(&pods[UID_A], Driver::Cgroupfs)];
+    expected.sort();
+    assert_eq!(r.pending, expected);
+
+    // api-1 is expected under both drivers though no cgroup of it exists yet.
+    let r = resolve("{namespace: web, podLabels: {app: api}}");
+    assert!(r.cgroups.is_empty());
+    assert_eq!(r.pending.len(), 2);
+
+    // A container scope: the started container's cgroups; none for a container without id.
+    let r = resolve("{namespace: web, podLabels: {app: frontend}, container: nginx}");
+    let mut expected: Vec<String> = [Driver::Systemd, Driver::Cgroupfs]
+        .iter()
+        .filter_map(|d| container_cgroup(&pods[UID_A], "nginx", *d))
+        .collect();
+    expected.sort();
+    assert_eq!(r.pending, expected);
+    assert!(
+        resolve("{namespace: web, podLabels: {app: api}, container: api}")
+            .pending
+            .is_empty()
+    );
+    // Another namespace selects nothing.
+    assert!(
+        resolve("{namespace: other, podLabels: {app: frontend}}")
+            .pending
+            .is_empty()
+    );
+    task.abort();
+}

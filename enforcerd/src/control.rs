@@ -369,6 +369,9 @@ pub fn render(s: &Status) -> String {
             p.source,
             p.cgroups.join(", ")
         );
+        if !p.pending.is_empty() {
+            let _ = writeln!(o, "    bound at creation: {}", p.pending.join(", "));
+        }
     }
     let _ = writeln!(o, "kernel counters:");
     for h in &s.hooks {
@@ -524,6 +527,7 @@ mod tests {
                 name: "web".into(),
                 serial: 3,
                 cgroups: vec!["/web".into()],
+                pending: vec!["/system.slice/web.service".into()],
                 decisions: DecisionCounts {
                     deny: 2,
                     kill: 0,
@@ -549,6 +553,7 @@ mod tests {
             "web serial 3",
             "deny=2",
             "cgroups: /web",
+            "bound at creation: /system.slice/web.service",
             "file     allowed=5 denied=2 killed=0 audited=0 reported=0 aggregated=0 dropped=0",
         ] {
             assert!(text.contains(needle), "{needle:?} not in\n{text}");

@@ -3,7 +3,7 @@
 //! denied connect and a process killed by SIGKILL, each with the decision line enforcerd
 //! printed.
 
-use super::daemon::{DECISION_TIMEOUT, Daemon};
+use super::daemon::{DECISION_TIMEOUT, Daemon, ENFORCERD, run_command};
 use super::fixtures;
 use super::out::say;
 use super::sys::{self, Cgroup, Exec, Outcome, exec_in};
@@ -276,6 +276,21 @@ fn walk() -> anyhow::Result<bool> {
     say(&format!("$ cat {SECRET}     # from the root cgroup"));
     let r = exec_in(None, &Exec::path("/bin/cat", &["cat", SECRET]));
     demo.expect(&r.outcome, &Outcome::Exited(0));
+
+    heading(
+        7,
+        "The operator's view: every decision above, as `enforcerd events` shows it",
+    );
+    say(&format!("$ {ENFORCERD} events"));
+    let events = run_command(ENFORCERD, &["events"]);
+    for line in events.stdout.lines() {
+        say(&format!("   {line}"));
+    }
+    // One readable line per decision: the exec, file, connect and kill denials above.
+    if events.code != Some(0) || events.stdout.lines().count() < 4 {
+        say(&format!("-> enforcerd events: {}", events.summary()));
+        demo.ok = false;
+    }
 
     blank();
     say("$ kill -TERM $(pidof enforcerd)");

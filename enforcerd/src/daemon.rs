@@ -29,7 +29,7 @@ use crate::{
     },
     kubernetes::{self, Driver, Pods},
     metrics::{KernelHookCounts, KernelSnapshot, Metrics},
-    paths,
+    paths, privileges,
     profile::{self, Diagnostic, Selector},
     reconcile::KernelMaps as _,
     reconcile::{Accepted, Enforced},
@@ -333,20 +333,7 @@ pub fn run(opts: RunOptions) -> u8 {
             return exit::REFUSED;
         }
     };
-    let metrics = match opts.metrics_address {
-        Some(addr) => {
-            let metrics = Arc::new(Metrics::new());
-            match crate::metrics::serve(addr, metrics.clone()) {
-                Ok(bound) => info!("serving metrics on http://{bound}/metrics"),
-                Err(e) => {
-                    error!("cannot serve metrics on {addr}: {e}");
-                    return exit::REFUSED;
-                }
-            }
-            Some(metrics)
-        }
-        None => None,
-    };
+    let metrics = opts.metrics_address.map(|_| Arc::new(Metrics::new()));
     let t_load = Instant::now();
     let enforcer = match Enforcer::load(&offsets, opts.aggregation_window) {
         Ok(e) => {
@@ -392,6 +379,20 @@ pub fn run(opts: RunOptions) -> u8 {
             verified_instructions = p.verified_instructions,
             "attached"
         );
+    }
+    // Before any thread exists: capabilities are per thread.
+    if let Err(e) = privileges::drop_to_runtime() {
+        error!("{e}");
+        return exit::CANNOT_ENFORCE;
+    }
+    if let (Some(addr), Some(metrics)) = (daemon.opts.metrics_address, &daemon.shared.metrics) {
+        match crate::metrics::serve(addr, metrics.clone()) {
+            Ok(bound) => info!("serving metrics on http://{bound}/metrics"),
+            Err(e) => {
+                error!("cannot serve metrics on {addr}: {e}");
+                return exit::REFUSED;
+            }
+        }
     }
     info!("enforcing; ready in {} ms", started.elapsed().as_millis());
     daemon.serve()

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod kubernetes;
 pub mod metrics;
 pub mod paths;
+pub mod privileges;
 pub mod profile;
 pub mod reconcile;
 pub mod report;

@@ -147,6 +147,49 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
         .iter()
         .filter(|p| p.get("attached") == Some(&Value::Bool(true)))
         .count();
+    // Least privilege: once attached, the daemon keeps CAP_BPF (bit 39) and nothing else, in
+    // every set and every thread, and cannot regain more (no_new_privs).
+    let pid = ctx.daemon_pid().unwrap_or(0);
+    let want = [
+        ("CapInh", "0000000000000000"),
+        ("CapPrm", "0000008000000000"),
+        ("CapEff", "0000008000000000"),
+        ("CapBnd", "0000008000000000"),
+        ("CapAmb", "0000000000000000"),
+        ("NoNewPrivs", "1"),
+    ];
+    let mut wrong = Vec::new();
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for tid in &tasks {
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+        for (key, value) in want {
+            let got = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}:")))
+                .map(str::trim);
+            if got != Some(value) {
+                wrong.push(format!("thread {tid} {key} {got:?}"));
+            }
+        }
+    }
+    ctx.check(
+        "daemon_keeps_only_cap_bpf_in_every_thread",
+        !tasks.is_empty() && wrong.is_empty(),
+        "CapPrm/CapEff/CapBnd = CAP_BPF only, CapInh/CapAmb empty, NoNewPrivs 1, all threads",
+        if wrong.is_empty() {
+            format!("{} threads as expected", tasks.len())
+        } else {
+            wrong.join("; ")
+        },
+        None,
+    );
     ctx.check(
         "status_shows_every_program_attached",
         attached == 5

@@ -174,6 +174,7 @@ pub struct CgroupPathKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingCgroup {
+    /// 0: a known path that is left ungoverned (it only shadows a shorter prefix entry).
     pub profile_id: u32,
     /// 0 for an exact path (stored with its NUL). Otherwise the entry is a prefix (stored
     /// without a NUL, e.g. `/kubepods/burstable/pod`) that binds only cgroups at this level

@@ -45,6 +45,12 @@ pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
     let Some(pending) = PENDING_CGROUPS.get(unsafe { &*key }) else {
         return 0;
     };
+    // Profile id 0: a path the daemon knows and leaves alone (a pod no profile selects). It
+    // only shadows a node-default prefix; it must not be bound, or it would hide the profile
+    // of a governed ancestor.
+    if pending.profile_id == 0 {
+        return 0;
+    }
     if pending.level != 0 {
         // A prefix entry: only cgroups at its level (a pod's, not its containers').
         let level: i32 =

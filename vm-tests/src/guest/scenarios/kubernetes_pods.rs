@@ -103,6 +103,19 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
         "    kubernetes: {namespace: web, podLabels: {app: web}}",
     );
     fixtures::write_profile(&dir, "web.yaml", &yaml)?;
+    // An operator-governed QoS cgroup (cgroupfs BestEffort): its pods are governed by it as
+    // descendants, even pods the daemon knows and no kubernetes profile selects.
+    let besteffort = Cgroup::create("/kubepods/besteffort")?;
+    let ancestor = fixtures::profile("besteffort-pods", &besteffort.rel, "enforce", "deny", &body);
+    fixtures::write_profile(&dir, "besteffort.yaml", &ancestor)?;
+    api.apply(pod(
+        NODE,
+        "batch",
+        "batch-9",
+        &uid(9),
+        json!({"app": "batch"}),
+        "BestEffort",
+    ));
     ctx.start_daemon_env(
         &dir,
         &["--node-default", "deny-exec"],
@@ -155,6 +168,15 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
     )?;
     let r = exec_in(Some(&c3), &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
     ctx.expect("known_unselected_pod_not_governed", &Outcome::Exited(0), &r);
+
+    // A known, unselected pod below an operator-governed cgroup stays governed by it.
+    let c9 = start_container(&cgroupfs_pod("BestEffort", &uid(9)), CONTAINER_ID)?;
+    let r = exec_in(Some(&c9), &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
+    ctx.expect(
+        "known_pod_under_a_governed_ancestor_stays_governed",
+        &Outcome::EPERM,
+        &r,
+    );
 
     // A pod cgroup before its pod is known: the node default (deny-exec) governs it, until the
     // pod is listed and turns out to match no profile.
@@ -265,7 +287,7 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
     );
 
     ctx.stop_daemon("daemon_stops_on_sigterm");
-    for cg in [c6, c1, c2, c3, c4, c5] {
+    for cg in [c6, c1, c2, c3, c4, c5, c9] {
         let _ = std::fs::remove_dir(cg.dir());
     }
     Ok(())

@@ -568,9 +568,7 @@ impl Daemon {
         let known: HashSet<String> = pods
             .values()
             .filter(|pod| !awaiting.contains(&pod.uid))
-            .flat_map(|pod| {
-                [Driver::Systemd, Driver::Cgroupfs].map(|d| kubernetes::pod_cgroup(pod, d))
-            })
+            .flat_map(|pod| Driver::ALL.map(|d| kubernetes::pod_cgroup(pod, d)))
             .filter(|p| !selected.contains(p))
             .collect();
         let added: Vec<String> = known.difference(&self.known_pods).cloned().collect();
@@ -603,7 +601,7 @@ impl Daemon {
             return;
         };
         let compiled = compile::compile(NODE_DEFAULT_ID, &profile);
-        let prefixes: Vec<(String, u32)> = [Driver::Systemd, Driver::Cgroupfs]
+        let prefixes: Vec<(String, u32)> = Driver::ALL
             .into_iter()
             .flat_map(kubernetes::pod_cgroup_prefixes)
             .collect();
@@ -640,23 +638,20 @@ impl Daemon {
 
     fn status(&self) -> Status {
         let decisions = self.shared.decisions();
-        let hooks = [
-            (hook::EXEC, "exec"),
-            (hook::FILE, "file"),
-            (hook::CONNECT, "connect"),
-        ]
-        .into_iter()
-        .map(|(h, name)| HookCounters {
-            hook: name.into(),
-            allowed: self.enforcer.counter(h, counter::ALLOWED),
-            denied: self.enforcer.counter(h, counter::DENIED),
-            killed: self.enforcer.counter(h, counter::KILLED),
-            audited: self.enforcer.counter(h, counter::AUDITED),
-            dropped: self.enforcer.counter(h, counter::DROPPED),
-            aggregated: self.enforcer.counter(h, counter::AGGREGATED),
-            reported: self.shared.reported(h),
-        })
-        .collect();
+        let hooks = self
+            .kernel_counts()
+            .into_iter()
+            .map(|(h, name, c)| HookCounters {
+                hook: name.into(),
+                allowed: c.allowed,
+                denied: c.denied,
+                killed: c.killed,
+                audited: c.audited,
+                dropped: c.dropped,
+                aggregated: c.aggregated,
+                reported: self.shared.reported(h),
+            })
+            .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -709,31 +704,38 @@ impl Daemon {
         }
     }
 
-    fn publish_kernel_metrics(&self) {
-        let Some(m) = &self.shared.metrics else {
-            return;
-        };
-        let count = |h, kind| self.enforcer.counter(h, kind);
-        let hooks = [
+    /// The kernel's per-hook counters (summed over CPUs), for `status` and metrics.
+    fn kernel_counts(&self) -> Vec<(u8, &'static str, KernelHookCounts)> {
+        [
             (hook::EXEC, "exec"),
             (hook::FILE, "file"),
             (hook::CONNECT, "connect"),
         ]
         .into_iter()
         .map(|(h, name)| {
-            (
-                name,
-                KernelHookCounts {
-                    allowed: count(h, counter::ALLOWED),
-                    denied: count(h, counter::DENIED),
-                    killed: count(h, counter::KILLED),
-                    audited: count(h, counter::AUDITED),
-                    dropped: count(h, counter::DROPPED),
-                    aggregated: count(h, counter::AGGREGATED),
-                },
-            )
+            let count = |kind| self.enforcer.counter(h, kind);
+            let counts = KernelHookCounts {
+                allowed: count(counter::ALLOWED),
+                denied: count(counter::DENIED),
+                killed: count(counter::KILLED),
+                audited: count(counter::AUDITED),
+                dropped: count(counter::DROPPED),
+                aggregated: count(counter::AGGREGATED),
+            };
+            (h, name, counts)
         })
-        .collect();
+        .collect()
+    }
+
+    fn publish_kernel_metrics(&self) {
+        let Some(m) = &self.shared.metrics else {
+            return;
+        };
+        let hooks = self
+            .kernel_counts()
+            .into_iter()
+            .map(|(_, name, c)| (name, c))
+            .collect();
         m.kernel(&KernelSnapshot {
             hooks,
             ringbuf_used_bytes: self.enforcer.ring_used().unwrap_or(0),
@@ -943,7 +945,7 @@ fn k8s_paths(pods: &Pods) -> HashMap<String, K8s> {
             pod: pod.name.clone(),
             container: container.map(str::to_owned),
         };
-        for driver in [Driver::Systemd, Driver::Cgroupfs] {
+        for driver in Driver::ALL {
             paths.insert(kubernetes::pod_cgroup(pod, driver), id(None));
             for c in &pod.containers {
                 if let Some(path) = kubernetes::container_cgroup(pod, &c.name, driver) {

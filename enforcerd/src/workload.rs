@@ -117,7 +117,7 @@ impl CgroupFs {
                     .values()
                     .filter(|pod| kubernetes::matches(namespace, pod_labels, pod))
                     .flat_map(|pod| {
-                        [Driver::Systemd, Driver::Cgroupfs]
+                        Driver::ALL
                             .into_iter()
                             .filter_map(move |driver| match container {
                                 None => Some(kubernetes::pod_cgroup(pod, driver)),

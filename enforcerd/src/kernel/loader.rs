@@ -4,7 +4,7 @@
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        HashMap, PerCpuArray, RingBuf,
+        HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{Lsm, ProgramError, RawTracePoint},
@@ -151,11 +151,7 @@ impl Enforcer {
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
         let mut programs = Vec::new();
         for (name, hook) in PROGRAMS {
-            let program: &mut Lsm = ebpf
-                .program_mut(name)
-                .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e: ProgramError| LoadError::Object(e.to_string()))?;
+            let program: &mut Lsm = program_mut(&mut ebpf, name)?;
             program
                 .load(hook, &btf)
                 .map_err(|e| program_error(name, e))?;
@@ -169,11 +165,7 @@ impl Enforcer {
             });
         }
         for (name, tracepoint) in TRACEPOINTS {
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e: ProgramError| LoadError::Object(e.to_string()))?;
+            let program: &mut RawTracePoint = program_mut(&mut ebpf, name)?;
             program.load().map_err(|e| program_error(name, e))?;
             program.attach(tracepoint).map_err(|e| LoadError::Attach {
                 program: name.into(),
@@ -203,11 +195,7 @@ impl Enforcer {
     /// programs make already sees every rule.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         for (name, hook) in PROGRAMS {
-            let program: &mut Lsm = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?;
+            let program: &mut Lsm = program_mut(&mut self.ebpf, name)?;
             program.attach().map_err(|e| LoadError::Attach {
                 program: name.into(),
                 hook: hook.into(),
@@ -296,11 +284,7 @@ impl Enforcer {
         let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
         for cgroup in cgroups {
             if governed.get(cgroup, 0).is_ok_and(|v| v == id) {
-                match governed.remove(cgroup) {
-                    Ok(()) => {}
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
-                }
+                remove_cgroup(&mut governed, cgroup)?;
             }
         }
         Ok(())
@@ -329,10 +313,7 @@ impl Enforcer {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(LoadError::Map {
-            map: name,
-            error: "missing from the BPF object".into(),
-        })?;
+        let map = self.ebpf.map_mut(name).ok_or_else(|| missing(name))?;
         T::try_from(map).map_err(|e| map_error(name, e))
     }
 }
@@ -389,12 +370,7 @@ impl KernelMaps for Enforcer {
     fn ungovern(&mut self, cgroups: &[u64]) -> Result<(), LoadError> {
         let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
         for cgroup_id in cgroups {
-            match governed.remove(cgroup_id) {
-                Ok(()) => {}
-                // The cgroup_rmdir program already dropped it.
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
-            }
+            remove_cgroup(&mut governed, cgroup_id)?;
         }
         Ok(())
     }
@@ -443,14 +419,11 @@ impl KernelMaps for Enforcer {
             .map(|(cgroup, _)| cgroup)
             .collect();
         for cgroup in &hits {
-            let done = match to {
-                Some(to) => governed.insert(cgroup, &to, 0),
-                None => governed.remove(cgroup),
-            };
-            match done {
-                Ok(()) => {}
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(map_error(names::CGROUP_PROFILES, e)),
+            match to {
+                Some(to) => governed
+                    .insert(cgroup, &to, 0)
+                    .map_err(|e| map_error(names::CGROUP_PROFILES, e))?,
+                None => remove_cgroup(&mut governed, cgroup)?,
             }
         }
         Ok(hits.len())
@@ -482,13 +455,32 @@ fn cgroup_path_key(path: &str) -> Option<(u32, CgroupPathKey)> {
     Some((8 * (bytes.len() as u32 + 1), key))
 }
 
-/// A delete of an entry that is not there (aya reports the syscall's ENOENT).
-fn not_found(e: &aya::maps::MapError) -> bool {
-    match e {
-        aya::maps::MapError::KeyNotFound => true,
-        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
+/// Ungoverns one cgroup; an entry already gone is fine (the cgroup_rmdir program drops the
+/// entry of a removed cgroup, and aya reports that delete's ENOENT as a syscall error).
+fn remove_cgroup(
+    governed: &mut HashMap<&mut MapData, u64, u32>,
+    cgroup: &u64,
+) -> Result<(), LoadError> {
+    match governed.remove(cgroup) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(s))
+            if s.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(map_error(names::CGROUP_PROFILES, e)),
     }
+}
+
+/// A program of the object, as its type.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
+        .try_into()
+        .map_err(|e: ProgramError| LoadError::Object(e.to_string()))
 }
 
 fn missing(map: &'static str) -> LoadError {

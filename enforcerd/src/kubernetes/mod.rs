@@ -76,6 +76,10 @@ pub enum Driver {
 }
 
 impl Driver {
+    /// Both drivers: a node's driver is not known in advance, so enforcerd expects a pod's
+    /// cgroups under either.
+    pub const ALL: [Driver; 2] = [Driver::Systemd, Driver::Cgroupfs];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Systemd => "systemd",

@@ -523,32 +523,17 @@ mod tests {
     fn a_key_first_seen_in_the_sweep_is_described_from_the_key() {
         let mut a = Aggregation::new(WINDOW);
         let key = agg_key(&event("/x", 0));
-        let s = a.sweep(
-            [(
-                key,
-                AggState {
-                    window_start: S,
-                    folded: 5,
-                },
-            )],
-            3 * S,
-            "t",
-            None,
-        );
+        let entry = [(
+            key,
+            AggState {
+                window_start: S,
+                folded: 5,
+            },
+        )];
+        let s = a.sweep(entry, 3 * S, "t", None);
         assert_eq!(s, Sweep::default(), "its record may still be on its way");
         let describe = |k: &AggKey| d(&event("", 0), &format!("unknown cgroup {}", k.cgroup_id));
-        let s = a.sweep(
-            [(
-                key,
-                AggState {
-                    window_start: S,
-                    folded: 5,
-                },
-            )],
-            3 * S,
-            "t",
-            Some(&describe),
-        );
+        let s = a.sweep(entry, 3 * S, "t", Some(&describe));
         assert_eq!(s.summaries.len(), 1);
         assert_eq!(s.summaries[0].count, 5);
         assert_eq!(s.summaries[0].first_ts.as_deref(), Some("unknown cgroup 9"));

@@ -223,6 +223,32 @@ pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The strings of `key` (e.g. `cgroups`, `pending`) of profile `name` in a status, or none.
+pub fn profile_strings(status: &serde_json::Value, name: &str, key: &str) -> Vec<String> {
+    status["profiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .map(|p| json_strings(&p[key]))
+        .unwrap_or_default()
+}
+
+/// Polls `pred` every 20 ms until it holds (how long that took) or `timeout` passes.
+pub fn wait_until(
+    timeout: std::time::Duration,
+    mut pred: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if pred() {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Whether `s` is `sha256:` followed by 64 hex digits.
 pub fn is_sha256_ref(s: &str) -> bool {
     s.strip_prefix("sha256:")

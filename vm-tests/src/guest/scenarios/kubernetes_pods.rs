@@ -6,7 +6,7 @@
 //! creation. A pod cgroup that appears before its pod is known gets the node default
 //! (`deny-exec` here) until the pod is listed; a known pod no profile selects is left alone.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::guest::daemon::status_json;
 use crate::guest::fixtures::{self, BUSYBOX, CONNECT_ALLOW_ALL, DENIED_BUSYBOX, FILES_ALLOW_ALL};
@@ -50,24 +50,7 @@ fn start_container(pod_cgroup: &str, leaf: &str) -> Result<Cgroup> {
 }
 
 fn pending_of(status: &Value) -> Vec<String> {
-    status["profiles"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "web-pods"))
-        .map(|p| fixtures::json_strings(&p["pending"]))
-        .unwrap_or_default()
-}
-
-fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    loop {
-        if pred() {
-            return Some(t0.elapsed());
-        }
-        if t0.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    fixtures::profile_strings(status, "web-pods", "pending")
 }
 
 pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
@@ -195,7 +178,7 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
         json!({"app": "batch"}),
         "Burstable",
     ));
-    let released = wait_until(Duration::from_secs(10), || {
+    let released = fixtures::wait_until(Duration::from_secs(10), || {
         exec_in(Some(&c4), &Exec::path(BUSYBOX, &["busybox", "true"])).outcome == Outcome::Exited(0)
     });
     ctx.check(
@@ -219,7 +202,7 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
             web.clone(),
             "Burstable",
         ));
-        let t = wait_until(Duration::from_secs(10), || {
+        let t = fixtures::wait_until(Duration::from_secs(10), || {
             status_json().is_ok_and(|s| pending_of(&s).contains(&path))
         });
         latencies.push(t);
@@ -275,7 +258,7 @@ pub fn pods_are_governed_from_their_first_exec(ctx: &mut Ctx) -> Result<()> {
 
     // A deleted pod is no longer expected.
     api.delete(&uid(1));
-    let gone = wait_until(Duration::from_secs(10), || {
+    let gone = fixtures::wait_until(Duration::from_secs(10), || {
         status_json().is_ok_and(|s| !pending_of(&s).contains(&systemd_pod("Burstable", &uid(1))))
     });
     ctx.check(

@@ -126,23 +126,13 @@ pub fn a_restarted_unit_is_governed_from_its_cgroups_creation(ctx: &mut Ctx) -> 
 }
 
 fn unit_cgroups(status: &Value) -> Vec<String> {
-    status["profiles"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "demo-unit"))
-        .map(|p| fixtures::json_strings(&p["cgroups"]))
-        .unwrap_or_default()
+    fixtures::profile_strings(status, "demo-unit", "cgroups")
 }
 
 /// Polls `enforcerd status --json` for up to 10 s.
 fn wait_status(pred: impl Fn(&Value) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if status_json().is_ok_and(|s| pred(&s)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    fixtures::wait_until(Duration::from_secs(10), || {
+        status_json().is_ok_and(|s| pred(&s))
+    })
+    .is_some()
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     control,
-    daemon::{self, DecisionsTo, NodeDefault, RunOptions},
+    daemon::{self, DecisionsTo, NodeDefault, OnStop, RunOptions},
     exit, paths, profile,
     report::{self, Decision},
     trust::{self, TrustPolicy, Verifier},
@@ -36,8 +36,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: load the profiles, enforce them, report each non-allow decision (one
-    /// JSON line on stdout, or the journal under systemd). SIGTERM or SIGINT detaches the
-    /// programs and exits.
+    /// JSON line on stdout, or the journal under systemd). The programs are pinned under
+    /// /sys/fs/bpf/enforcerd, so they keep enforcing if the daemon dies; a new daemon takes
+    /// over with an overlap. SIGHUP reloads; SIGTERM or SIGINT stops the daemon and, by
+    /// default, leaves the programs enforcing (see --on-stop).
     Run(RunArgs),
     /// Parse, validate and verify profile files without loading anything; exit 0 only if all
     /// pass. Each problem is printed as FILE:LINE:COLUMN: message.
@@ -51,6 +53,30 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Sign profile files: writes FILE.sig next to each (minisign-compatible).
     Sign(SignArgs),
+    /// Stop enforcing: unpin the programs a stopped daemon left attached (package removal
+    /// runs this). Refused while a daemon is running: stop it first.
+    Detach(DetachArgs),
+    /// Print a completion script for SHELL on stdout.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (enforcerd.8 and enforcerd-COMMAND.8) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetachArgs {
+    /// Where the daemon pins its programs.
+    #[arg(long, value_name = "DIR", default_value = paths::BPFFS_DIR)]
+    pub pin_dir: PathBuf,
+    /// The daemon's control socket (a daemon answering there refuses the detach).
+    #[arg(long, value_name = "PATH", default_value = paths::CONTROL_SOCKET)]
+    pub socket: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -146,6 +172,16 @@ pub struct RunArgs {
     /// [default: audit]
     #[arg(long, value_name = "POLICY")]
     pub node_default: Option<NodeDefault>,
+    /// What SIGTERM (`systemctl stop`) does to enforcement: `keep` leaves the pinned programs
+    /// enforcing the last applied profiles until a new daemon takes over or `enforcerd
+    /// detach` runs; `detach` unpins them, so enforcement stops with the daemon
+    /// [default: keep]
+    #[arg(long, value_name = "WHAT")]
+    pub on_stop: Option<OnStop>,
+    /// Where programs, links and maps are pinned (a directory on a BPF filesystem)
+    /// [default: /sys/fs/bpf/enforcerd]
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,6 +216,8 @@ pub struct Config {
     pub history: Option<usize>,
     pub decisions: Option<DecisionsTo>,
     pub node_default: Option<NodeDefault>,
+    pub on_stop: Option<OnStop>,
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -231,7 +269,68 @@ pub fn main() -> ExitCode {
         Command::Events(args) => events(&args),
         Command::Keygen(args) => keygen(&args),
         Command::Sign(args) => sign(&args),
+        Command::Detach(args) => detach(&args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "enforcerd", &mut std::io::stdout());
+            exit::SUCCESS
+        }
+        Command::Manpages { dir } => match write_manpages(&dir) {
+            Ok(()) => exit::SUCCESS,
+            Err(e) => {
+                tracing::error!("cannot write man pages into {}: {e}", dir.display());
+                exit::REFUSED
+            }
+        },
     })
+}
+
+fn detach(args: &DetachArgs) -> u8 {
+    if std::os::unix::net::UnixStream::connect(&args.socket).is_ok() {
+        tracing::error!(
+            "a daemon is running (it answers on {}): stop it first (systemctl stop enforcerd); \
+             with --on-stop keep it leaves the programs pinned for this command",
+            args.socket.display()
+        );
+        return exit::REFUSED;
+    }
+    match crate::kernel::pins::retire_all(&args.pin_dir) {
+        Ok(0) => {
+            println!("nothing pinned under {}", args.pin_dir.display());
+            exit::SUCCESS
+        }
+        Ok(n) => {
+            println!(
+                "unpinned {n} generation(s) from {}: enforcement has stopped",
+                args.pin_dir.display()
+            );
+            exit::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            exit::CANNOT_ENFORCE
+        }
+    }
+}
+
+/// enforcerd.8 and one page per subcommand (enforcerd-run.8, ...), from the same definitions
+/// as `--help`.
+fn write_manpages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .section("8")
+        .render(&mut page)?;
+    std::fs::write(dir.join("enforcerd.8"), page)?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("enforcerd-{}", sub.get_name());
+        let sub = sub.clone().name(name.clone());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub).section("8").render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.8")), page)?;
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> u8 {
@@ -261,6 +360,11 @@ fn run(args: RunArgs) -> u8 {
             .node_default
             .or(config.node_default)
             .unwrap_or_default(),
+        on_stop: args.on_stop.or(config.on_stop).unwrap_or_default(),
+        pin_dir: args
+            .pin_dir
+            .or(config.pin_dir)
+            .unwrap_or_else(|| paths::BPFFS_DIR.into()),
         ..RunOptions::new(
             args.profiles
                 .or(config.profiles)

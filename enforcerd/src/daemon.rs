@@ -61,6 +61,23 @@ pub struct RunOptions {
     pub decisions_to: DecisionsTo,
     /// What governs a pod cgroup that appears before its pod is known (Kubernetes nodes).
     pub node_default: NodeDefault,
+    /// What SIGTERM does to the pinned programs.
+    pub on_stop: OnStop,
+    /// Where generations of programs, links and maps are pinned (see `kernel::pins`).
+    pub pin_dir: PathBuf,
+}
+
+/// What stopping the daemon (SIGTERM, SIGINT, `systemctl stop`) does to enforcement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnStop {
+    /// The pinned programs keep enforcing the last applied profiles, unreported, until a new
+    /// daemon takes over or `enforcerd detach` runs. A stop is then never a gap in
+    /// enforcement, whoever asked for it.
+    #[default]
+    Keep,
+    /// Unpin: enforcement stops with the daemon.
+    Detach,
 }
 
 /// The node default: a built-in profile for pod cgroups whose pod the daemon does not know
@@ -136,6 +153,8 @@ impl RunOptions {
             history: DEFAULT_HISTORY,
             decisions_to: DecisionsTo::Auto,
             node_default: NodeDefault::Audit,
+            on_stop: OnStop::Keep,
+            pin_dir: paths::BPFFS_DIR.into(),
         }
     }
 }

@@ -7,7 +7,10 @@ use aya::{
         HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{Lsm, ProgramError, RawTracePoint},
+    programs::{
+        Lsm, ProgramError, RawTracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use std::time::Duration;
 
@@ -59,6 +62,8 @@ pub enum LoadError {
         hook: String,
         error: String,
     },
+    #[error("cannot pin {what}: {error}")]
+    Pin { what: String, error: String },
     #[error("cannot write map {map}: {error}")]
     Map { map: &'static str, error: String },
 }
@@ -74,6 +79,10 @@ pub struct Enforcer {
     ebpf: Ebpf,
     pub programs: Vec<ProgramStats>,
     attached: bool,
+    /// Links taken from their programs (program name, link), so that they can be pinned;
+    /// pinned ones move to `pinned`.
+    links: Vec<(&'static str, FdLink)>,
+    pinned: Vec<PinnedLink>,
     barrier: RcuBarrier,
     ring_positions: Option<RingPositions>,
 }
@@ -150,6 +159,7 @@ impl Enforcer {
             .map_err(|e| LoadError::Object(format!("{e:#}")))?;
         let btf = Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
         let mut programs = Vec::new();
+        let mut links = Vec::new();
         for (name, hook) in PROGRAMS {
             let program: &mut Lsm = program_mut(&mut ebpf, name)?;
             program
@@ -167,11 +177,13 @@ impl Enforcer {
         for (name, tracepoint) in TRACEPOINTS {
             let program: &mut RawTracePoint = program_mut(&mut ebpf, name)?;
             program.load().map_err(|e| program_error(name, e))?;
-            program.attach(tracepoint).map_err(|e| LoadError::Attach {
+            let attach_error = |e: ProgramError| LoadError::Attach {
                 program: name.into(),
                 hook: format!("tracepoint {tracepoint}"),
                 error: e.to_string(),
-            })?;
+            };
+            let id = program.attach(tracepoint).map_err(attach_error)?;
+            links.push((name, program.take_link(id).map_err(attach_error)?.into()));
             programs.push(ProgramStats {
                 name,
                 verified_instructions: program
@@ -186,6 +198,8 @@ impl Enforcer {
             ebpf,
             programs,
             attached: false,
+            links,
+            pinned: Vec::new(),
             barrier,
             ring_positions: None,
         })
@@ -196,13 +210,52 @@ impl Enforcer {
     pub fn attach(&mut self) -> Result<(), LoadError> {
         for (name, hook) in PROGRAMS {
             let program: &mut Lsm = program_mut(&mut self.ebpf, name)?;
-            program.attach().map_err(|e| LoadError::Attach {
+            let attach_error = |e: ProgramError| LoadError::Attach {
                 program: name.into(),
                 hook: hook.into(),
                 error: e.to_string(),
-            })?;
+            };
+            let id = program.attach().map_err(attach_error)?;
+            let link = program.take_link(id).map_err(attach_error)?;
+            self.links.push((name, link.into()));
         }
         self.attached = true;
+        Ok(())
+    }
+
+    /// The sha256 of the embedded BPF object (hex): tells generations of different builds
+    /// apart.
+    pub fn object_sha256() -> String {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(BPF_OBJECT))
+    }
+
+    /// Pins every map (`map_NAME`), program (`prog_NAME`) and link (`link_NAME`) into
+    /// `generation`, an empty directory on a BPF filesystem. Call after `attach` and before
+    /// `take_reporting`. From then on the links outlive this process.
+    pub fn pin(&mut self, generation: &std::path::Path) -> Result<(), LoadError> {
+        let pin_error = |what: &str, e: aya::pin::PinError| LoadError::Pin {
+            what: what.to_owned(),
+            error: e.to_string(),
+        };
+        for (name, map) in self.ebpf.maps() {
+            let what = format!("map_{name}");
+            map.pin(generation.join(&what))
+                .map_err(|e| pin_error(&what, e))?;
+        }
+        for (name, program) in self.ebpf.programs_mut() {
+            let what = format!("prog_{name}");
+            program
+                .pin(generation.join(&what))
+                .map_err(|e| pin_error(&what, e))?;
+        }
+        for (name, link) in std::mem::take(&mut self.links) {
+            let what = format!("link_{name}");
+            let pinned = link
+                .pin(generation.join(&what))
+                .map_err(|e| pin_error(&what, e))?;
+            self.pinned.push(pinned);
+        }
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! reading struct layouts from its BTF, loading and attaching the programs, writing the maps.
 pub mod btf;
 pub mod loader;
+pub mod pins;
 pub mod preflight;
 pub mod rcu;
 

@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         std::env::var("AYA_BUILD_SKIP").as_deref(),
         Ok("1") | Ok("true")
     );
+    // Passed on to the BPF build (see lsm-ebpf's BUILD_MARK): rebuild when it changes.
+    println!("cargo:rerun-if-env-changed=ENFORCERD_BPF_BUILD");
     if skip {
         std::fs::write(out_dir.join("lsm-ebpf"), b"")?;
     }

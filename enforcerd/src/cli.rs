@@ -604,7 +604,8 @@ mod tests {
         std::fs::write(
             &f,
             "profiles: /p\ntrustedKeys: /k\naudit: true\nallowUnsigned: true\n\
-             metricsAddress: 127.0.0.1:9478\naggregateWindow: 250\nhistory: 50\ndecisions: journal\nnodeDefault: deny-exec\n",
+             metricsAddress: 127.0.0.1:9478\naggregateWindow: 250\nhistory: 50\ndecisions: journal\nnodeDefault: deny-exec\n\
+             onStop: detach\npinDir: /sys/fs/bpf/other\n",
         )
         .unwrap();
         let c = Config::load(Some(&f)).unwrap();
@@ -620,6 +621,8 @@ mod tests {
                 history: Some(50),
                 decisions: Some(DecisionsTo::Journal),
                 node_default: Some(NodeDefault::DenyExec),
+                on_stop: Some(OnStop::Detach),
+                pin_dir: Some("/sys/fs/bpf/other".into()),
             }
         );
         std::fs::write(&f, "profiles: /p\nprofile: /q\n").unwrap();
@@ -628,6 +631,34 @@ mod tests {
             e.starts_with(&format!("{}:2:1: unknown field `profile`", f.display())),
             "{e}"
         );
+    }
+
+    #[test]
+    fn detach_is_refused_while_a_daemon_answers_and_succeeds_with_nothing_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let socket = d.path().join("enforcerd.sock");
+        let args = DetachArgs {
+            pin_dir: d.path().join("pins"),
+            socket: socket.clone(),
+        };
+        assert_eq!(detach(&args), exit::SUCCESS);
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::fs::create_dir(&args.pin_dir).unwrap();
+        assert_eq!(detach(&args), exit::REFUSED);
+        assert!(args.pin_dir.exists(), "a refused detach unpins nothing");
+    }
+
+    #[test]
+    fn man_pages_cover_every_visible_command() {
+        let d = tempfile::tempdir().unwrap();
+        write_manpages(d.path()).unwrap();
+        for page in ["enforcerd.8", "enforcerd-run.8", "enforcerd-detach.8"] {
+            let text = std::fs::read_to_string(d.path().join(page)).unwrap();
+            assert!(text.contains(".TH"), "{page}");
+        }
+        assert!(!d.path().join("enforcerd-manpages.8").exists());
+        let run = std::fs::read_to_string(d.path().join("enforcerd-run.8")).unwrap();
+        assert!(run.contains("on\\-stop"), "{run}");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Status {
     /// `uname -r` of the running kernel.
     pub kernel: String,
     pub programs: Vec<ProgramStatus>,
+    /// The directory this daemon's programs, links and maps are pinned in.
+    pub pinned_in: String,
+    /// What stopping the daemon does to enforcement: `keep` or `detach`.
+    pub on_stop: String,
     pub profiles_dir: String,
     /// `--allow-unsigned` is in effect.
     pub unsigned_allowed: bool,
@@ -316,6 +320,7 @@ pub fn render(s: &Status) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let _ = writeln!(o, "pinned in {} (on stop: {})", s.pinned_in, s.on_stop);
     if s.unsigned_allowed {
         let _ = writeln!(
             o,
@@ -513,6 +518,8 @@ mod tests {
                 attached: true,
                 verified_instructions: Some(10),
             }],
+            pinned_in: "/sys/fs/bpf/enforcerd/1-2-abc".into(),
+            on_stop: "keep".into(),
             last_reload: Some(ReloadStatus {
                 trigger: "SIGHUP".into(),
                 ok: false,
@@ -546,6 +553,7 @@ mod tests {
         let text = render(&s);
         for needle in [
             "programs: 1/1 attached (file_open)",
+            "pinned in /sys/fs/bpf/enforcerd/1-2-abc (on stop: keep)",
             "SIGHUP",
             "with refusals",
             "kept previous version of web",

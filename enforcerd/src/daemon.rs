@@ -25,6 +25,7 @@ use crate::{
         Enforcer,
         btf::Offsets,
         loader::{PROGRAMS, TRACEPOINTS},
+        pins::{self, PinDir},
         preflight,
     },
     kubernetes::{self, Driver, Pods},
@@ -303,6 +304,8 @@ struct Daemon {
     cgroupfs: CgroupFs,
     serials: SerialStore,
     enforcer: Enforcer,
+    /// This daemon's pinned generation (see `kernel::pins`).
+    generation: PathBuf,
     enforced: Enforced,
     shared: Arc<Shared>,
     started: String,
@@ -352,6 +355,13 @@ pub fn run(opts: RunOptions) -> u8 {
             return exit::REFUSED;
         }
     };
+    let pins = match PinDir::open(&opts.pin_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{e}");
+            return exit::CANNOT_ENFORCE;
+        }
+    };
     let metrics = opts.metrics_address.map(|_| Arc::new(Metrics::new()));
     let t_load = Instant::now();
     let enforcer = match Enforcer::load(&offsets, opts.aggregation_window) {
@@ -373,6 +383,7 @@ pub fn run(opts: RunOptions) -> u8 {
         cgroupfs,
         serials,
         enforcer,
+        generation: PathBuf::new(),
         enforced: Enforced::default(),
         shared,
         started: now_rfc3339(),
@@ -398,6 +409,13 @@ pub fn run(opts: RunOptions) -> u8 {
             verified_instructions = p.verified_instructions,
             "attached"
         );
+    }
+    match take_over(&pins, &mut daemon.enforcer) {
+        Ok(generation) => daemon.generation = generation,
+        Err(e) => {
+            error!("{e}");
+            return exit::CANNOT_ENFORCE;
+        }
     }
     // Before any thread exists: capabilities are per thread.
     if let Err(e) = privileges::drop_to_runtime() {
@@ -697,6 +715,12 @@ impl Daemon {
                     verified_instructions: p.verified_instructions,
                 })
                 .collect(),
+            pinned_in: self.generation.display().to_string(),
+            on_stop: match self.opts.on_stop {
+                OnStop::Keep => "keep",
+                OnStop::Detach => "detach",
+            }
+            .into(),
             profiles_dir: self.opts.profiles_dir.display().to_string(),
             unsigned_allowed: self.opts.trust == TrustPolicy::AllowUnsigned,
             audit_all: self.opts.audit,
@@ -910,7 +934,8 @@ impl Daemon {
                     signal = signals.next() => match signal {
                         Some(SIGHUP) => self.reload("SIGHUP"),
                         Some(s) => {
-                            info!("signal {s}: detaching");
+                            info!("signal {s}: stopping");
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                             return exit::SUCCESS;
                         }
                         None => return exit::SUCCESS,
@@ -949,10 +974,59 @@ impl Daemon {
             }
         });
         let _ = std::fs::remove_file(&self.opts.socket);
+        match self.opts.on_stop {
+            OnStop::Detach => match pins::retire(&self.generation) {
+                Ok(()) => info!("unpinned; programs detached; exiting"),
+                Err(e) => error!(
+                    "cannot unpin {}: {e}; the programs keep enforcing (`enforcerd detach` \
+                     removes them)",
+                    self.generation.display()
+                ),
+            },
+            OnStop::Keep => info!(
+                "the programs stay pinned in {} and keep enforcing the last applied profiles \
+                 (on stop: keep); a new daemon takes over, `enforcerd detach` stops them",
+                self.generation.display()
+            ),
+        }
         drop(self.enforcer);
-        info!("programs detached; exiting");
         code
     }
+}
+
+/// Pins the freshly attached `enforcer` as a new generation, then retires the older ones:
+/// until then both are attached, so the handover is an overlap (see `kernel::pins`). On a
+/// pinning error the partial generation is removed and the older ones stay in force.
+fn take_over(pins: &PinDir, enforcer: &mut Enforcer) -> Result<PathBuf, String> {
+    let older = pins.generations().map_err(|e| e.to_string())?;
+    let object = Enforcer::object_sha256();
+    let generation = pins.new_generation(&object).map_err(|e| e.to_string())?;
+    if let Err(e) = enforcer.pin(&generation) {
+        let _ = pins::retire(&generation);
+        return Err(format!(
+            "{e}; {} older generation(s) stay in force",
+            older.len()
+        ));
+    }
+    info!("pinned in {}", generation.display());
+    for old in older {
+        let name = old.file_name().map(|n| n.to_string_lossy().into_owned());
+        let same = name.as_deref().is_some_and(|n| n.ends_with(&object[..12]));
+        match pins::retire(&old) {
+            Ok(()) => info!(
+                "took over from the pinned generation {} ({}); its programs are detached",
+                old.display(),
+                if same {
+                    "same BPF object"
+                } else {
+                    "a different BPF object: upgraded"
+                }
+            ),
+            // Both stay attached: stricter than either alone; the next start retries.
+            Err(e) => warn!("cannot retire the pinned generation {}: {e}", old.display()),
+        }
+    }
+    Ok(generation)
 }
 
 /// Every pod and container cgroup path (both drivers) of `pods`, with its identity.

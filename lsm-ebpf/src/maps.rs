@@ -73,3 +73,23 @@ pub struct PathScratch {
 
 #[map]
 pub static SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Marks a build: its size is `ENFORCERD_BPF_BUILD` (a number) when set at build time, else 1.
+/// No program uses it. The VM suite builds a second binary with another value, so that the
+/// upgrade scenario hands over between two genuinely different BPF objects.
+#[map]
+pub static BUILD_MARK: PerCpuArray<u8> = PerCpuArray::with_max_entries(build_mark(), 0);
+
+const fn build_mark() -> u32 {
+    let Some(digits) = option_env!("ENFORCERD_BPF_BUILD") else {
+        return 1;
+    };
+    let digits = digits.as_bytes();
+    let mut value = 0u32;
+    let mut i = 0;
+    while i < digits.len() {
+        value = value * 10 + (digits[i] - b'0') as u32;
+        i += 1;
+    }
+    if value == 0 { 1 } else { value }
+}

@@ -96,6 +96,16 @@ pub const SCENARIOS: &[Scenario] = &[
                 cgroups created after the profile, first exec denied; node default until a pod \
                 is known; known unselected pods untouched; pod event latency",
     },
+    Scenario {
+        name: "daemon_sigkill_and_restart",
+        needs_daemon: true,
+        about: "a workload loops on a denied open while the daemon is SIGKILLed, restarted,                 stopped and started again: pinned programs keep enforcing, not one open                 succeeds, reports resume after each start",
+    },
+    Scenario {
+        name: "upgrade_to_rebuilt_binary",
+        needs_daemon: true,
+        about: "the same across an upgrade to a build with another BPF object: the new                 programs attach before the old ones are retired",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -234,12 +234,21 @@ impl Enforcer {
     /// `generation`, an empty directory on a BPF filesystem. Call after `attach` and before
     /// `take_reporting`. From then on the links outlive this process.
     pub fn pin(&mut self, generation: &std::path::Path) -> Result<(), LoadError> {
-        let pin_error = |what: &str, e: aya::pin::PinError| LoadError::Pin {
-            what: what.to_owned(),
-            error: e.to_string(),
+        let pin_error = |what: &str, e: aya::pin::PinError| {
+            let mut error = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                error = format!("{error}: {s}");
+                source = s.source();
+            }
+            LoadError::Pin {
+                what: what.to_owned(),
+                error,
+            }
         };
         for (name, map) in self.ebpf.maps() {
-            let what = format!("map_{name}");
+            // bpffs refuses names with a dot (`.rodata`, `.bss`).
+            let what = format!("map_{}", name.trim_start_matches('.').replace('.', "_"));
             map.pin(generation.join(&what))
                 .map_err(|e| pin_error(&what, e))?;
         }

@@ -67,13 +67,14 @@ impl PinDir {
     }
 
     /// Creates the directory of a new generation, named so that generations sort by age:
-    /// `<unix seconds>.<nanoseconds>-<pid>-<first 12 hex digits of the object's sha256>`.
+    /// `<unix seconds>_<nanoseconds>-<pid>-<first 12 hex digits of the object's sha256>`
+    /// (bpffs refuses names with a dot).
     pub fn new_generation(&self, object_sha256: &str) -> Result<PathBuf, PinError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let name = format!(
-            "{}.{:09}-{}-{}",
+            "{}_{:09}-{}-{}",
             now.as_secs(),
             now.subsec_nanos(),
             std::process::id(),

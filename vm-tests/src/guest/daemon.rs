@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const ENFORCERD: &str = "/bin/enforcerd";
+/// The same daemon built with a different BPF object (the upgrade scenario's "old" version).
+pub const ENFORCERD_PREVIOUS: &str = "/bin/enforcerd-previous";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a decision line may take to travel from the kernel to the daemon's stdout.
@@ -97,6 +99,10 @@ pub struct Daemon {
     err: Tail,
     /// Whether [`Daemon::relay`] copies stdout (decision lines) too, or only stderr.
     pub relay_stdout: bool,
+    /// Leave the daemon's pinned programs enforcing when this handle goes (see
+    /// [`Daemon::kill_keeping_pins`]); otherwise they are unpinned so that the next scenario
+    /// starts from a kernel nobody enforces on.
+    keep_pins: bool,
 }
 
 /// Why the daemon did not become ready.
@@ -115,6 +121,18 @@ impl Daemon {
     /// Starts `enforcerd run --profiles DIR` with the given trust arguments (and `extra`
     /// arguments) and waits for READY=1.
     pub fn start_with(
+        profiles: &Path,
+        tag: &str,
+        trust: &Trust,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, StartFailure> {
+        Daemon::start_binary(ENFORCERD, profiles, tag, trust, extra, env)
+    }
+
+    /// [`Daemon::start_with`] for another build of the daemon.
+    pub fn start_binary(
+        binary: &str,
         profiles: &Path,
         tag: &str,
         trust: &Trust,
@@ -145,7 +163,7 @@ impl Daemon {
         let mut trust_args = trust.args();
         trust_args.extend(extra.iter().map(std::ffi::OsString::from));
         say(&format!(
-            "$ NOTIFY_SOCKET={} {ENFORCERD} run --profiles {} {} &",
+            "$ NOTIFY_SOCKET={} {binary} run --profiles {} {} &",
             sock_path.display(),
             profiles.display(),
             trust_args
@@ -155,7 +173,7 @@ impl Daemon {
                 .join(" ")
         ));
         let started = Instant::now();
-        let child = Command::new(ENFORCERD)
+        let child = Command::new(binary)
             .args(["run", "--profiles"])
             .arg(profiles)
             .args(&trust_args)
@@ -166,7 +184,7 @@ impl Daemon {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .map_err(|e| fail(format!("cannot run {ENFORCERD}: {e}"), String::new()))?;
+            .map_err(|e| fail(format!("cannot run {binary}: {e}"), String::new()))?;
         let mut d = Daemon {
             child: Some(child),
             profiles: profiles.to_owned(),
@@ -176,6 +194,7 @@ impl Daemon {
             stdout_path,
             stderr_path,
             relay_stdout: true,
+            keep_pins: false,
         };
         let mut buf = [0u8; 4096];
         loop {
@@ -325,8 +344,35 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then wait up to 10 s. `Ok` when it exited 0.
-    pub fn stop(mut self) -> Result<Duration, String> {
+    /// SIGKILL, as the OOM killer would, and forget the daemon: its pinned programs stay
+    /// attached. Returns how it ended.
+    pub fn kill_keeping_pins(mut self) -> String {
+        self.keep_pins = true;
+        let Some(mut child) = self.child.take() else {
+            return "had already exited".into();
+        };
+        let _ = child.kill();
+        let ended = child
+            .wait()
+            .map_or_else(|e| format!("wait: {e}"), describe_status);
+        self.relay();
+        ended
+    }
+
+    /// SIGTERM, then wait up to 10 s; then unpin what it left enforcing (`enforcerd detach`),
+    /// unless `keep_pins`. `Ok` when it exited 0 (and the detach worked).
+    pub fn stop(self) -> Result<Duration, String> {
+        self.stop_keeping(false)
+    }
+
+    /// [`Daemon::stop`] that leaves the pinned programs enforcing.
+    pub fn stop_keeping_pins(self) -> Result<Duration, String> {
+        self.stop_keeping(true)
+    }
+
+    fn stop_keeping(mut self, keep_pins: bool) -> Result<Duration, String> {
+        // On the error paths below, Drop unpins (unless `keep_pins`).
+        self.keep_pins = keep_pins;
         let Some(mut child) = self.child.take() else {
             return Err("the daemon had already exited".into());
         };
@@ -337,11 +383,15 @@ impl Daemon {
             match child.try_wait() {
                 Ok(Some(status)) => {
                     self.relay();
-                    return if status.success() {
-                        Ok(started.elapsed())
-                    } else {
-                        Err(format!("{} after SIGTERM", describe_status(status)))
-                    };
+                    if !status.success() {
+                        return Err(format!("{} after SIGTERM", describe_status(status)));
+                    }
+                    let took = started.elapsed();
+                    if keep_pins {
+                        return Ok(took);
+                    }
+                    self.keep_pins = true;
+                    return detach_pins().map(|()| took);
                 }
                 Ok(None) if started.elapsed() < STOP_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(20))
@@ -367,6 +417,19 @@ impl Drop for Daemon {
             let _ = c.wait();
             self.relay();
         }
+        if !self.keep_pins {
+            let _ = detach_pins();
+        }
+    }
+}
+
+/// `enforcerd detach`: unpins every generation a stopped daemon left enforcing.
+pub fn detach_pins() -> Result<(), String> {
+    let out = run_command(ENFORCERD, &["detach"]);
+    if out.code == Some(0) {
+        Ok(())
+    } else {
+        Err(format!("enforcerd detach: {}", out.summary()))
     }
 }
 

@@ -192,9 +192,23 @@ impl Ctx {
         env: &[(&str, &str)],
         check: &str,
     ) -> anyhow::Result<()> {
+        self.start_daemon_binary(super::daemon::ENFORCERD, profiles, trust, extra, env, check)
+    }
+
+    /// Starts `binary` as the daemon (see [`Ctx::start_daemon`]); a running one is stopped
+    /// first, unless it was taken with [`Ctx::take_daemon`].
+    pub fn start_daemon_binary(
+        &mut self,
+        binary: &str,
+        profiles: &std::path::Path,
+        trust: &Trust,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        check: &str,
+    ) -> anyhow::Result<()> {
         self.stop_daemon_quietly();
         let tag = format!("{}-{check}", self.scenario);
-        match Daemon::start_with(profiles, &tag, trust, extra, env) {
+        match Daemon::start_binary(binary, profiles, &tag, trust, extra, env) {
             Ok(d) => {
                 let after = d.ready_after;
                 self.daemon = Some(d);
@@ -263,6 +277,11 @@ impl Ctx {
     }
 
     /// Kills a daemon left running (after a failed scenario), without recording anything.
+    /// The running daemon, to stop or kill it by hand.
+    pub fn take_daemon(&mut self) -> Option<Daemon> {
+        self.daemon.take()
+    }
+
     pub fn stop_daemon_quietly(&mut self) {
         if let Some(d) = self.daemon.take() {
             drop(d);

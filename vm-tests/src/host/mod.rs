@@ -75,6 +75,9 @@ pub struct Options {
 struct Binaries {
     guest: PathBuf,
     daemon: Option<PathBuf>,
+    /// `enforcerd-previous`: the same daemon built with another BPF object, for the upgrade
+    /// scenario (tools/dev builds it; the scenario fails without it).
+    previous: Option<PathBuf>,
 }
 
 fn locate_binaries(bin_dir: Option<&Path>, daemon_needed: bool) -> Result<Binaries> {
@@ -100,7 +103,12 @@ fn locate_binaries(bin_dir: Option<&Path>, daemon_needed: bool) -> Result<Binari
     } else {
         None
     };
-    Ok(Binaries { guest, daemon })
+    let previous = Some(dir.join("enforcerd-previous")).filter(|p| p.is_file());
+    Ok(Binaries {
+        guest,
+        daemon,
+        previous,
+    })
 }
 
 /// A private scratch directory, removed when dropped.
@@ -131,16 +139,24 @@ fn build_initramfs(bins: &Binaries, scratch: &Scratch) -> Result<PathBuf> {
     if let Some(d) = &bins.daemon {
         binaries.push((d.clone(), "enforcerd"));
     }
+    if let Some(p) = &bins.previous {
+        binaries.push((p.clone(), "enforcerd-previous"));
+    }
     initramfs::build(Path::new(BUSYBOX), binaries, &out).context("building the initramfs")?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
-        "initramfs: {:.1} MB in {:.1} s (vm-guest, {}, busybox)",
+        "initramfs: {:.1} MB in {:.1} s (vm-guest, {}{}, busybox)",
         size as f64 / 1e6,
         t.elapsed().as_secs_f64(),
         if bins.daemon.is_some() {
             "enforcerd"
         } else {
             "no enforcerd"
+        },
+        if bins.previous.is_some() {
+            ", enforcerd-previous"
+        } else {
+            ""
         }
     );
     Ok(out)

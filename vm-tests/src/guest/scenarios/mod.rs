@@ -14,6 +14,7 @@ mod kill_on_violation;
 mod kubernetes_pods;
 mod live_reload_without_gap;
 mod nested_cgroups_and_namespaces;
+mod restart_without_gap;
 mod signed_profiles;
 mod status_and_permissions;
 mod systemd_unit_restart;
@@ -52,6 +53,10 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
             systemd_unit_restart::a_restarted_unit_is_governed_from_its_cgroups_creation(ctx)
         }
         "kubernetes_pods" => kubernetes_pods::pods_are_governed_from_their_first_exec(ctx),
+        "daemon_sigkill_and_restart" => restart_without_gap::sigkill_and_restart_leave_no_gap(ctx),
+        "upgrade_to_rebuilt_binary" => {
+            restart_without_gap::upgrade_to_a_rebuilt_binary_leaves_no_gap(ctx)
+        }
         other => bail!("no scenario named {other}"),
     }
 }

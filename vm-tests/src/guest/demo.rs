@@ -1,7 +1,7 @@
 //! `vm-guest demo`: a narrated walk-through for a human reading the VM's console. It writes two
 //! profiles, starts the daemon, and shows an allowed action, a denied exec, a denied open, a
 //! denied connect and a process killed by SIGKILL, each with the decision line enforcerd
-//! printed.
+//! printed; then kills the daemon to show that the kernel keeps enforcing.
 
 use super::daemon::{DECISION_TIMEOUT, Daemon, ENFORCERD, run_command};
 use super::fixtures;
@@ -292,11 +292,43 @@ fn walk() -> anyhow::Result<bool> {
         demo.ok = false;
     }
 
+    heading(
+        8,
+        "The daemon is killed: the pinned programs keep enforcing, a new daemon takes over",
+    );
+    say("$ kill -KILL $(pidof enforcerd)");
+    let ended = d.kill_keeping_pins();
+    say(&format!("-> enforcerd {ended}"));
+    let pinned = run_command("/bin/ls", &["/sys/fs/bpf/enforcerd"]);
+    say(&format!(
+        "$ ls /sys/fs/bpf/enforcerd\n   {}",
+        pinned.stdout.trim_end()
+    ));
+    say(&format!(
+        "$ cat {SECRET}     # in /demo, with no daemon running"
+    ));
+    let r = exec_in(Some(&web), &Exec::path("/bin/cat", &["cat", SECRET]));
+    demo.expect_refused(&r.outcome, "open", 1);
+    say("$ enforcerd run &     # attaches its own programs, then unpins the old ones");
+    let mut d = match Daemon::start(Path::new(PROFILES), "demo-restart") {
+        Ok(d) => d,
+        Err(f) => {
+            say(&format!("enforcerd did not start: {}", f.got));
+            return Ok(false);
+        }
+    };
+    d.relay_stdout = false;
+    say(&format!(
+        "-> enforcing again {:.1} s after start; the kernel never stopped",
+        d.ready_after.as_secs_f64()
+    ));
+
     blank();
-    say("$ kill -TERM $(pidof enforcerd)");
+    say("$ kill -TERM $(pidof enforcerd); enforcerd detach");
     match d.stop() {
         Ok(t) => say(&format!(
-            "-> enforcerd detached its programs and exited 0 in {:.1} s",
+            "-> enforcerd exited 0 in {:.1} s leaving its programs pinned (--on-stop keep); \
+             `enforcerd detach` unpinned them: enforcement has stopped",
             t.as_secs_f64()
         )),
         Err(e) => {

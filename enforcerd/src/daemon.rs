@@ -410,17 +410,18 @@ pub fn run(opts: RunOptions) -> u8 {
             "attached"
         );
     }
+    // Before any thread exists: capabilities are per thread. Before pinning, too: a daemon
+    // that cannot drop them exits with nothing of its own left attached.
+    if let Err(e) = privileges::drop_to_runtime() {
+        error!("{e}");
+        return exit::CANNOT_ENFORCE;
+    }
     match take_over(&pins, &mut daemon.enforcer) {
         Ok(generation) => daemon.generation = generation,
         Err(e) => {
             error!("{e}");
             return exit::CANNOT_ENFORCE;
         }
-    }
-    // Before any thread exists: capabilities are per thread.
-    if let Err(e) = privileges::drop_to_runtime() {
-        error!("{e}");
-        return exit::CANNOT_ENFORCE;
     }
     if let (Some(addr), Some(metrics)) = (daemon.opts.metrics_address, &daemon.shared.metrics) {
         match crate::metrics::serve(addr, metrics.clone()) {

@@ -97,6 +97,12 @@ pub const SCENARIOS: &[Scenario] = &[
                 is known; known unselected pods untouched; pod event latency",
     },
     Scenario {
+        name: "capability_bounding_set",
+        needs_daemon: true,
+        about: "started with only the unit's CapabilityBoundingSet the daemon enforces; without \
+                any one of them it refuses to start (exit 3) and attaches nothing",
+    },
+    Scenario {
         name: "daemon_sigkill_and_restart",
         needs_daemon: true,
         about: "a workload loops on a denied open while the daemon is SIGKILLed, restarted,                 stopped and started again: pinned programs keep enforcing, not one open                 succeeds, reports resume after each start",

@@ -11,3 +11,4 @@ pub mod catalog;
 pub mod guest;
 pub mod host;
 pub mod protocol;
+pub mod unit_capabilities;

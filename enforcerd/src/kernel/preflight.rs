@@ -8,7 +8,8 @@ use crate::paths;
 pub enum CannotEnforce {
     #[error(
         "enforcerd must run as root (effective uid is {0}): loading BPF LSM programs needs \
-         CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and CAP_SYS_RESOURCE"
+         CAP_BPF and CAP_PERFMON, and dropping every other capability after that needs \
+         CAP_SETPCAP"
     )]
     NotRoot(u32),
     #[error(

@@ -89,6 +89,30 @@ impl Trust {
     }
 }
 
+/// How to start the daemon.
+pub struct Launch<'a> {
+    pub binary: &'a str,
+    pub trust: Trust,
+    /// More `enforcerd run` arguments.
+    pub extra: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    /// Only these capabilities stay in its bounding set, as with a unit's
+    /// `CapabilityBoundingSet=` (root's exec then gets no others); `None`: all.
+    pub bounding: Option<&'a [u32]>,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            binary: ENFORCERD,
+            trust: Trust::AllowUnsigned,
+            extra: &[],
+            env: &[],
+            bounding: None,
+        }
+    }
+}
+
 pub struct Daemon {
     child: Option<Child>,
     pub profiles: PathBuf,
@@ -127,18 +151,28 @@ impl Daemon {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Daemon, StartFailure> {
-        Daemon::start_binary(ENFORCERD, profiles, tag, trust, extra, env)
+        Daemon::launch(
+            profiles,
+            tag,
+            &Launch {
+                trust: trust.clone(),
+                extra,
+                env,
+                ..Launch::default()
+            },
+        )
     }
 
-    /// [`Daemon::start_with`] for another build of the daemon.
-    pub fn start_binary(
-        binary: &str,
-        profiles: &Path,
-        tag: &str,
-        trust: &Trust,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Daemon, StartFailure> {
+    /// Starts the daemon as `how` says and waits for READY=1.
+    pub fn launch(profiles: &Path, tag: &str, how: &Launch) -> Result<Daemon, StartFailure> {
+        let Launch {
+            binary,
+            trust,
+            extra,
+            env,
+            bounding,
+        } = how;
+        let bounding = bounding.map(<[u32]>::to_vec);
         let stdout_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.out"));
         let stderr_path = PathBuf::from(format!("/tmp/enforcerd-{tag}.err"));
         let sock_path = PathBuf::from(format!("/run/notify-{tag}.sock"));
@@ -173,7 +207,11 @@ impl Daemon {
                 .join(" ")
         ));
         let started = Instant::now();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(keep) = bounding {
+            super::sys::bound_capabilities(&mut command, keep);
+        }
+        let child = command
             .args(["run", "--profiles"])
             .arg(profiles)
             .args(&trust_args)
@@ -484,6 +522,16 @@ pub fn run_command(program: &str, args: &[&str]) -> CommandOutput {
 
 /// `run_command`, as user `uid` when given.
 pub fn run_command_as(program: &str, args: &[&str], uid: Option<u32>) -> CommandOutput {
+    let mut command = Command::new(program);
+    if let Some(uid) = uid {
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+    }
+    command.args(args);
+    run_prepared(command, program)
+}
+
+/// Runs a prepared command (at most 60 s) and collects its output.
+pub fn run_prepared(mut command: Command, program: &str) -> CommandOutput {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tag = SEQ.fetch_add(1, Ordering::Relaxed);
     let out_path = PathBuf::from(format!("/tmp/cmd-{tag}.out"));
@@ -497,16 +545,7 @@ pub fn run_command_as(program: &str, args: &[&str], uid: Option<u32>) -> Command
             stderr: String::new(),
         };
     };
-    let mut command = Command::new(program);
-    if let Some(uid) = uid {
-        std::os::unix::process::CommandExt::uid(&mut command, uid);
-    }
-    let spawned = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn();
+    let spawned = command.stdin(Stdio::null()).stdout(out).stderr(err).spawn();
     let (status, code) = match spawned {
         Err(e) => (format!("cannot run {program}: {e}"), None),
         Ok(mut child) => {

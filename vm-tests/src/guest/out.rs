@@ -1,6 +1,6 @@
 //! Console output and the per-scenario check recorder.
 
-use super::daemon::{Daemon, Trust};
+use super::daemon::{Daemon, Launch, Trust};
 use super::sys::{Cgroup, Exec, Outcome, Run, exec_in, op_in};
 use crate::protocol::{CheckResult, Event};
 use std::io::Write as _;
@@ -192,23 +192,26 @@ impl Ctx {
         env: &[(&str, &str)],
         check: &str,
     ) -> anyhow::Result<()> {
-        self.start_daemon_binary(super::daemon::ENFORCERD, profiles, trust, extra, env, check)
+        let how = Launch {
+            trust: trust.clone(),
+            extra,
+            env,
+            ..Launch::default()
+        };
+        self.launch_daemon(profiles, &how, check)
     }
 
-    /// Starts `binary` as the daemon (see [`Ctx::start_daemon`]); a running one is stopped
+    /// Starts the daemon as `how` says (see [`Ctx::start_daemon`]); a running one is stopped
     /// first, unless it was taken with [`Ctx::take_daemon`].
-    pub fn start_daemon_binary(
+    pub fn launch_daemon(
         &mut self,
-        binary: &str,
         profiles: &std::path::Path,
-        trust: &Trust,
-        extra: &[&str],
-        env: &[(&str, &str)],
+        how: &Launch,
         check: &str,
     ) -> anyhow::Result<()> {
         self.stop_daemon_quietly();
         let tag = format!("{}-{check}", self.scenario);
-        match Daemon::start_binary(binary, profiles, &tag, trust, extra, env) {
+        match Daemon::launch(profiles, &tag, how) {
             Ok(d) => {
                 let after = d.ready_after;
                 self.daemon = Some(d);

@@ -4,6 +4,7 @@
 
 mod audit_mode;
 mod bad_input;
+mod capability_bounding_set;
 mod connect;
 mod decision_reports;
 mod denial_burst;
@@ -53,6 +54,9 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
             systemd_unit_restart::a_restarted_unit_is_governed_from_its_cgroups_creation(ctx)
         }
         "kubernetes_pods" => kubernetes_pods::pods_are_governed_from_their_first_exec(ctx),
+        "capability_bounding_set" => {
+            capability_bounding_set::the_units_capabilities_are_needed_and_enough(ctx)
+        }
         "daemon_sigkill_and_restart" => restart_without_gap::sigkill_and_restart_leave_no_gap(ctx),
         "upgrade_to_rebuilt_binary" => {
             restart_without_gap::upgrade_to_a_rebuilt_binary_leaves_no_gap(ctx)

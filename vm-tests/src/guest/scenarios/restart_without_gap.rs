@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::guest::daemon::{DECISION_TIMEOUT, ENFORCERD, ENFORCERD_PREVIOUS, Trust, status_json};
+use crate::guest::daemon::{DECISION_TIMEOUT, ENFORCERD, ENFORCERD_PREVIOUS, Launch, status_json};
 use crate::guest::fixtures::{self, CONNECT_ALLOW_ALL, EXEC_ALLOW_ALL, json_str};
 use crate::guest::out::Ctx;
 use crate::guest::sys::{
@@ -129,7 +129,11 @@ fn setup(name: &str, profile: &str) -> Result<(Cgroup, PathBuf)> {
 }
 
 fn start(ctx: &mut Ctx, binary: &str, profiles: &Path, check: &str) -> Result<()> {
-    ctx.start_daemon_binary(binary, profiles, &Trust::AllowUnsigned, &[], &[], check)
+    let how = Launch {
+        binary,
+        ..Launch::default()
+    };
+    ctx.launch_daemon(profiles, &how, check)
 }
 
 /// The running daemon's pinned generation, from `status`, checked to hold its links.

@@ -823,6 +823,27 @@ pub fn uname_release() -> String {
     }
 }
 
+/// Makes `command` start with only `keep` (capability numbers) in its bounding set, as a
+/// unit's `CapabilityBoundingSet=` does: root's exec then gets no other capability.
+pub fn bound_capabilities(command: &mut std::process::Command, keep: Vec<u32>) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only prctl and errno between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            for cap in 0..64 {
+                // EINVAL: past the kernel's last capability.
+                if !keep.contains(&cap)
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && errno() != libc::EINVAL
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,25 +922,4 @@ mod tests {
         let e = Exec::path("./busybox", &["busybox", "true"]).in_dir("/opt/denied");
         assert_eq!(e.describe(), "cd /opt/denied && ./busybox true");
     }
-}
-
-/// Makes `command` start with only `keep` (capability numbers) in its bounding set, as a
-/// unit's `CapabilityBoundingSet=` does: root's exec then gets no other capability.
-pub fn bound_capabilities(command: &mut std::process::Command, keep: Vec<u32>) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: only prctl and errno between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            for cap in 0..64 {
-                // EINVAL: past the kernel's last capability.
-                if !keep.contains(&cap)
-                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                    && errno() != libc::EINVAL
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        })
-    };
 }

@@ -357,7 +357,9 @@ fn install(ctx: &mut Ctx, deb: &Path) -> Result<()> {
     let mut state = show(SERVICE, props);
     let waited = wait_until(ACTIVE_TIMEOUT, || {
         state = show(SERVICE, props);
+        // Still activating after a restart is a failure already: no need to wait it out.
         state.get("ActiveState").map(String::as_str) != Some("activating")
+            || state.get("NRestarts").is_some_and(|n| n != "0")
     });
     ctx.note(&format!(
         "systemctl show {SERVICE}: {} (after {:.1} s)",
@@ -493,17 +495,24 @@ fn enforce(ctx: &mut Ctx) -> Result<()> {
         "wrote {signed} (+ .sig, key {public_key} in {TRUSTED_D}) and {unsigned} (no .sig)"
     ));
 
+    // A reload that only exits 0 proves little: the daemon must report a SIGHUP reload.
     let out = short("systemctl", &["reload", SERVICE]);
+    let mut trigger = String::new();
+    if out.code == Some(0) {
+        wait_until(Duration::from_secs(30), || {
+            trigger = status_json()
+                .map(|s| json_str(&s["last_reload"], "trigger").to_owned())
+                .unwrap_or_default();
+            trigger == "SIGHUP"
+        });
+    }
+    let reloaded = out.code == Some(0) && trigger == "SIGHUP";
     ctx.check(
         "reload_succeeds",
-        out.code == Some(0),
-        format!("systemctl reload {SERVICE}: exit 0"),
-        out.summary(),
-        if out.code == Some(0) {
-            None
-        } else {
-            service_journal()
-        },
+        reloaded,
+        format!("systemctl reload {SERVICE}: exit 0, then status last_reload.trigger SIGHUP"),
+        format!("{}; last_reload.trigger {trigger:?}", out.summary()),
+        if reloaded { None } else { service_journal() },
     );
 
     let mut status = status_json();

@@ -141,6 +141,7 @@ pub fn ensure(recipe: &Recipe, cache_root: &Path) -> Result<PathBuf> {
             return Err(e).with_context(|| format!("moving the rootfs to {}", dir.display()));
         }
     }
+    println!("rootfs: cached as {}", archive.display());
     Ok(archive)
 }
 
@@ -216,8 +217,7 @@ fn build_into(recipe: &Recipe, build: &Path) -> Result<()> {
     }
     let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
     println!(
-        "rootfs: {} ({:.0} MB) in {:.0} s",
-        archive.display(),
+        "rootfs: {:.0} MB archive in {:.0} s",
         size as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );

@@ -38,6 +38,35 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Install a .deb in a Debian 12 VM booted with systemd as init: the packaged service
+    /// starts, enforces a signed profile on a unit, reports to the journal, runs hardened, and
+    /// purging removes every trace and stops enforcement.
+    Package {
+        /// The package to test (tools/package builds it).
+        #[arg(long, value_name = "FILE")]
+        deb: PathBuf,
+        /// A kernel of the matrix or a path to a bzImage.
+        #[arg(long = "kernel", value_name = "NAME", default_value = "debian12")]
+        kernel: String,
+        /// The Debian mirror debootstrap builds the root filesystem from.
+        #[arg(long, value_name = "URL", default_value = host::rootfs::DEFAULT_MIRROR)]
+        mirror: String,
+        /// Where `vm-guest` is (default: next to this executable).
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Where the kernels are (default: ~/.cache/enforcerd-dev/kernels, or $ENFORCERD_CACHE/kernels).
+        #[arg(long, value_name = "DIR")]
+        kernel_dir: Option<PathBuf>,
+        /// Where the serial log goes (default: target/vm-tests).
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<PathBuf>,
+        /// Time limit for the VM in seconds (the rootfs build is not counted).
+        #[arg(long, value_name = "SECS", default_value_t = 900)]
+        timeout: u64,
+        /// Guest memory in MiB (the whole root filesystem lives in it).
+        #[arg(long, value_name = "MIB", default_value_t = 2048)]
+        memory: u32,
+    },
     /// List the scenarios and the kernel matrix.
     List {
         #[arg(long, value_name = "DIR")]
@@ -104,6 +133,25 @@ fn main() -> ExitCode {
             host::test(&options(common, kernels, scenarios, jobs))
         }
         Cmd::Demo { kernel, common } => host::demo(&options(common, vec![kernel], vec![], 1)),
+        Cmd::Package {
+            deb,
+            kernel,
+            mirror,
+            bin_dir,
+            kernel_dir,
+            log_dir,
+            timeout,
+            memory,
+        } => host::systemd_vm::package(&host::systemd_vm::PackageOptions {
+            deb,
+            kernel,
+            kernel_dir: kernel_dir.unwrap_or_else(host::default_kernel_dir),
+            bin_dir,
+            log_dir: log_dir.unwrap_or_else(host::default_log_dir),
+            timeout: Duration::from_secs(timeout),
+            memory_mb: memory,
+            mirror,
+        }),
         Cmd::List { kernel_dir } => {
             println!("scenarios (one boot runs them all, in this order):");
             for s in catalog::SCENARIOS {

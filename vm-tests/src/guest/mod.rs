@@ -8,6 +8,7 @@ pub mod demo;
 pub mod fixtures;
 pub mod kube_api;
 pub mod out;
+pub mod package;
 pub mod scenarios;
 pub mod sys;
 
@@ -35,6 +36,14 @@ enum Mode {
     },
     /// A narrated walk-through of enforcement for a human reading the console.
     Demo,
+    /// Install, exercise and purge the packaged enforcer under systemd (see `package`).
+    Package {
+        /// The .deb to install.
+        #[arg(long)]
+        deb: std::path::PathBuf,
+    },
+    /// Open and read a file; print what happened and exit with the errno (0: read it).
+    Open { path: String },
 }
 
 pub fn main() -> ExitCode {
@@ -42,6 +51,9 @@ pub fn main() -> ExitCode {
     let mode = match &cli.mode {
         Mode::Test { .. } => "test",
         Mode::Demo => "demo",
+        Mode::Package { .. } => "package",
+        // A probe inside a workload: no protocol lines.
+        Mode::Open { path } => return ExitCode::from(package::open_probe(path)),
     };
     emit(&Event::GuestStart(GuestStart {
         kernel: sys::uname_release(),
@@ -50,6 +62,8 @@ pub fn main() -> ExitCode {
     let code = match cli.mode {
         Mode::Test { scenarios } => run_tests(&scenarios),
         Mode::Demo => demo::run(),
+        Mode::Package { deb } => package::run_all(&deb),
+        Mode::Open { .. } => unreachable!("handled above"),
     };
     ExitCode::from(code)
 }

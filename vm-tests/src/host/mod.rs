@@ -3,6 +3,8 @@
 pub mod initramfs;
 pub mod qemu;
 pub mod report;
+pub mod rootfs;
+pub mod systemd_vm;
 
 use crate::catalog::{self, Scenario};
 use crate::protocol::Event;
@@ -18,15 +20,19 @@ pub const MATRIX: &[&str] = &["debian12", "debian13", "sid"];
 
 pub const BUSYBOX: &str = "/bin/busybox";
 
-/// Where tools/setup caches the kernels: `${ENFORCERD_CACHE:-~/.cache/enforcerd-dev}/kernels`.
-pub fn default_kernel_dir() -> PathBuf {
-    let cache = std::env::var_os("ENFORCERD_CACHE")
+/// The development cache: `${ENFORCERD_CACHE:-~/.cache/enforcerd-dev}`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("ENFORCERD_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
             Path::new(&home).join(".cache/enforcerd-dev")
-        });
-    cache.join("kernels")
+        })
+}
+
+/// Where tools/setup caches the kernels: `${ENFORCERD_CACHE:-~/.cache/enforcerd-dev}/kernels`.
+pub fn default_kernel_dir() -> PathBuf {
+    cache_dir().join("kernels")
 }
 
 /// The directory holding the harness's own executable (`target/<profile>/`).

@@ -17,3 +17,24 @@ pub fn number(name: &str) -> u32 {
         other => panic!("unknown capability {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_file_bounds_exactly_these() {
+        let unit = include_str!("../../packaging/enforcerd.service");
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+            .expect("the unit sets CapabilityBoundingSet=");
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            UNIT_CAPABILITIES
+        );
+        for c in UNIT_CAPABILITIES {
+            number(c);
+        }
+    }
+}

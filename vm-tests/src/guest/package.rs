@@ -12,6 +12,7 @@ use super::fixtures::{self, json_str, json_strings, wait_until};
 use super::out::{Ctx, emit};
 use super::sys::errno_name;
 use crate::protocol::Event;
+use crate::unit_capabilities::UNIT_CAPABILITIES;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -53,7 +54,19 @@ pub const CHECKS: &[(&str, &[&str])] = &[
             "bounding_set_only_cap_bpf",
             "no_new_privs",
             "protect_system_in_effect",
+            "kernel_tunables_read_only_pins_writable",
             "unit_capability_bounding_set",
+        ],
+    ),
+    (
+        "package_restart",
+        &[
+            "pinned_while_running",
+            "denied_after_service_sigkill",
+            "restarted_by_systemd",
+            "previous_generation_replaced",
+            "denied_after_restart",
+            "reports_resume_after_restart",
         ],
     ),
     (
@@ -260,6 +273,7 @@ pub fn run_all(deb: &Path) -> u8 {
             "package_install" => install(&mut ctx, deb),
             "package_enforce" => enforce(&mut ctx),
             "package_hardening" => hardening(&mut ctx),
+            "package_restart" => restart(&mut ctx),
             "package_purge" => purge(&mut ctx),
             other => bail!("no phase named {other}"),
         }));
@@ -786,16 +800,111 @@ fn hardening(ctx: &mut Ctx) -> Result<()> {
         format!("ProtectSystem={protect}; {}", seen.join(", ")),
         None,
     );
+    // The unit's stand-in for ProtectKernelTunables (see its comment): sysctls and /sys
+    // read-only, the pin directory writable.
+    let ro = |p: &str| mount_of(&mountinfo, p).map(|(_, ro)| ro);
+    let seen = ["/proc/sys", "/sys", "/sys/fs/bpf"].map(|p| format!("{p}: {:?}", ro(p)));
+    ctx.check(
+        "kernel_tunables_read_only_pins_writable",
+        ro("/proc/sys") == Some(true)
+            && ro("/sys") == Some(true)
+            && ro("/sys/fs/bpf") == Some(false),
+        "/proc/sys and /sys read-only, /sys/fs/bpf writable in the daemon's mounts",
+        format!("read-only: {}", seen.join(", ")),
+        None,
+    );
     let bounding = props
         .get("CapabilityBoundingSet")
         .cloned()
         .unwrap_or_default();
-    let caps: Vec<&str> = bounding.split_whitespace().collect();
+    let mut caps: Vec<String> = bounding.split_whitespace().map(str::to_owned).collect();
+    caps.sort();
+    let mut want: Vec<String> = UNIT_CAPABILITIES.iter().map(|c| c.to_lowercase()).collect();
+    want.sort();
     ctx.check(
         "unit_capability_bounding_set",
-        caps.contains(&"cap_bpf") && !caps.is_empty() && caps.len() < 20,
-        "CapabilityBoundingSet restricted by the unit (a short list including cap_bpf)",
+        caps == want,
+        format!("CapabilityBoundingSet={}", want.join(" ")),
         format!("CapabilityBoundingSet={bounding}"),
+        None,
+    );
+    Ok(())
+}
+
+/// The generations pinned under the pin directory, by name.
+fn generations() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(PIN_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The service is SIGKILLed (as the OOM killer would): its pinned programs keep denying,
+/// systemd restarts it (`Restart=on-failure`), the new daemon replaces the pinned generation
+/// with its own, and its decisions reach the journal.
+fn restart(ctx: &mut Ctx) -> Result<()> {
+    let pid = main_pid().context("enforcerd.service has no MainPID")?;
+    let before = generations();
+    let status = status_json().map_err(anyhow::Error::msg)?;
+    let pinned_in = json_str(&status, "pinned_in").to_owned();
+    let holds = Path::new(&pinned_in).join("link_file_open").exists();
+    ctx.check(
+        "pinned_while_running",
+        before.len() == 1 && pinned_in == format!("{PIN_DIR}/{}", before[0]) && holds,
+        format!("one generation under {PIN_DIR}, the one status names, holding link_file_open"),
+        format!("{before:?}; status: {pinned_in}; link_file_open there: {holds}"),
+        None,
+    );
+
+    let out = short("systemctl", &["kill", "--signal=KILL", SERVICE]);
+    ctx.note(&format!(
+        "$ systemctl kill --signal=KILL {SERVICE} (MainPID {pid}) -> {}",
+        out.status
+    ));
+    let probe = probe_in_unit(ctx, WORKLOAD);
+    expect_probe(ctx, "denied_after_service_sigkill", &probe, libc::EPERM);
+
+    let mut props = BTreeMap::new();
+    let restarted = wait_until(ACTIVE_TIMEOUT, || {
+        props = show(SERVICE, "ActiveState,SubState,NRestarts,MainPID");
+        let new_pid = props.get("MainPID").map(String::as_str);
+        props.get("ActiveState").map(String::as_str) == Some("active")
+            && props.get("NRestarts").map(String::as_str) == Some("1")
+            && new_pid.is_some_and(|p| p != "0" && p != pid.to_string())
+    });
+    ctx.check(
+        "restarted_by_systemd",
+        restarted.is_some(),
+        format!("active again with NRestarts=1 and a MainPID other than {pid}"),
+        render(&props),
+        None,
+    );
+    let after = generations();
+    ctx.check(
+        "previous_generation_replaced",
+        after.len() == 1 && after != before,
+        format!("one generation, not {before:?}"),
+        format!("{after:?}"),
+        None,
+    );
+    let probe = probe_in_unit(ctx, WORKLOAD);
+    expect_probe(ctx, "denied_after_restart", &probe, libc::EPERM);
+    let new_pid = main_pid().map(|p| p.to_string()).unwrap_or_default();
+    let from_new = wait_until(Duration::from_secs(20), || {
+        decision_entries()
+            .iter()
+            .any(|e| is_expected_denial(e).is_ok() && json_str(e, "_PID") == new_pid)
+    });
+    ctx.check(
+        "reports_resume_after_restart",
+        from_new.is_some(),
+        format!("the denial in the journal, sent by the new MainPID {new_pid}"),
+        if from_new.is_some() { "found" } else { "none" },
         None,
     );
     Ok(())

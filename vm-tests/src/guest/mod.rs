@@ -82,21 +82,7 @@ fn run_tests(filter: &[String]) -> u8 {
         emit(&Event::ScenarioStart(s.name.into()));
         let started = Instant::now();
         let mut ctx = Ctx::new(s.name);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            scenarios::run(s.name, &mut ctx)
-        }));
-        let problem = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("{e:#}")),
-            Err(p) => Some(format!(
-                "panicked: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("(no message)")
-            )),
-        };
-        if let Some(problem) = problem {
+        if let Some(problem) = ctx.run_to_end(|ctx| scenarios::run(s.name, ctx)) {
             let detail = ctx
                 .daemon_stderr_tail()
                 .map(|s| format!("enforcerd stderr:\n{s}"));

@@ -41,6 +41,24 @@ impl Ctx {
         }
     }
 
+    /// Runs a scenario's body; why it did not run to its end (an error or a panic), if so.
+    pub fn run_to_end(
+        &mut self,
+        body: impl FnOnce(&mut Ctx) -> anyhow::Result<()>,
+    ) -> Option<String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(self))) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(p) => Some(format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            )),
+        }
+    }
+
     /// A human-readable line in the log (context for failures).
     pub fn note(&self, msg: &str) {
         say(&format!("[{}] {msg}", self.scenario));

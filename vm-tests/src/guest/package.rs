@@ -269,25 +269,14 @@ pub fn run_all(deb: &Path) -> u8 {
         emit(&Event::ScenarioStart((*phase).into()));
         let started = Instant::now();
         let mut ctx = Ctx::new(phase);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match *phase {
-            "package_install" => install(&mut ctx, deb),
-            "package_enforce" => enforce(&mut ctx),
-            "package_hardening" => hardening(&mut ctx),
-            "package_restart" => restart(&mut ctx),
-            "package_purge" => purge(&mut ctx),
+        let problem = ctx.run_to_end(|ctx| match *phase {
+            "package_install" => install(ctx, deb),
+            "package_enforce" => enforce(ctx),
+            "package_hardening" => hardening(ctx),
+            "package_restart" => restart(ctx),
+            "package_purge" => purge(ctx),
             other => bail!("no phase named {other}"),
-        }));
-        let problem = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("{e:#}")),
-            Err(p) => Some(format!(
-                "panicked: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("(no message)")
-            )),
-        };
+        });
         if let Some(problem) = problem {
             let journal = short(
                 "journalctl",

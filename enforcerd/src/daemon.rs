@@ -1015,7 +1015,7 @@ fn take_over(pins: &PinDir, enforcer: &mut Enforcer) -> Result<PathBuf, String> 
         let same = name.as_deref().is_some_and(|n| n.ends_with(&object[..12]));
         match pins::retire(&old) {
             Ok(()) => info!(
-                "took over from the pinned generation {} ({}); its programs are detached",
+                "took over from the pinned generation {} ({}); unpinned, so the kernel detaches it",
                 old.display(),
                 if same {
                     "same BPF object"

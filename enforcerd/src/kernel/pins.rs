@@ -95,19 +95,105 @@ pub fn retire(generation: &Path) -> io::Result<()> {
     std::fs::remove_dir(generation)
 }
 
-/// Retires every generation under `root` and removes `root`; returns how many there were.
-/// A missing `root` means nothing is pinned.
+/// Retires every generation under `root`, removes `root`, and waits until the kernel has
+/// detached and freed their programs (so that enforcement has stopped when this returns);
+/// returns how many generations there were. A missing `root` means nothing is pinned. Needs
+/// `CAP_SYS_ADMIN` to list the kernel's programs.
 pub fn retire_all(root: &Path) -> Result<usize, PinError> {
     let found = match generations(root) {
         Ok(g) => g,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_error(root, e)),
     };
+    let mut programs = Vec::new();
     for generation in &found {
+        programs.extend(program_ids(generation).map_err(|e| io_error(generation, e))?);
         retire(generation).map_err(|e| io_error(generation, e))?;
     }
     std::fs::remove_dir(root).map_err(|e| io_error(root, e))?;
+    wait_freed(&programs, FREE_TIMEOUT).map_err(|error| PinError::Io {
+        dir: root.display().to_string(),
+        error,
+    })?;
     Ok(found.len())
+}
+
+/// How long the kernel may take to detach and free unpinned programs.
+const FREE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The kernel ids of the programs pinned in `generation` (its `prog_*` files).
+fn program_ids(generation: &Path) -> io::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(generation)? {
+        let path = entry?.path();
+        let is_program = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("prog_"));
+        if is_program {
+            let info = aya::programs::ProgramInfo::from_pin(&path)
+                .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+            ids.push(info.id());
+        }
+    }
+    Ok(ids)
+}
+
+/// Waits until none of the programs `ids` exists. Unpinning drops the last references to a
+/// generation's links and programs, but the kernel releases a link on a workqueue (6.4 and
+/// later) and detaching it from its hook can take a while under emulation (seen: 150 ms on
+/// 6.12 after the link's id was gone). A program is freed only after its last link has
+/// detached it, so its id disappearing is the proof.
+fn wait_freed(ids: &[u32], timeout: std::time::Duration) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    loop {
+        let live: Vec<u32> = kernel_program_ids()?
+            .into_iter()
+            .filter(|id| ids.contains(id))
+            .collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "programs {live:?} still loaded {} s after they were unpinned",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The ids of every BPF program in the kernel (`BPF_PROG_GET_NEXT_ID`; needs
+/// `CAP_SYS_ADMIN`). aya only lists programs it can also open, which one being freed cannot
+/// be.
+fn kernel_program_ids() -> Result<Vec<u32>, String> {
+    /// `enum bpf_cmd` in linux/bpf.h.
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    let mut ids = Vec::new();
+    let mut start = 0u32;
+    loop {
+        // `union bpf_attr`'s start_id, next_id, open_flags.
+        let mut attr = [start, 0u32, 0u32];
+        // SAFETY: bpf(2) reads and writes the three u32s of `attr`, whose size it is given.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_GET_NEXT_ID,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(ids);
+            }
+            return Err(format!("cannot list the kernel's BPF programs: {e}"));
+        }
+        start = attr[1];
+        ids.push(start);
+    }
 }
 
 fn generations(root: &Path) -> io::Result<Vec<PathBuf>> {
@@ -171,7 +257,7 @@ mod tests {
         let pins = PinDir { root: root.clone() };
         std::fs::create_dir(&root).unwrap();
         let first = pins.new_generation("aaaaaaaaaaaaaaaa").unwrap();
-        std::fs::write(first.join("link_file_open"), b"").unwrap();
+        std::fs::write(first.join("map_COUNTERS"), b"").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         let second = pins.new_generation("bbbb").unwrap();
         std::fs::write(second.join("map_EVENTS"), b"").unwrap();

@@ -112,6 +112,41 @@ pub const SCENARIOS: &[Scenario] = &[
         needs_daemon: true,
         about: "the same across an upgrade to a build with another BPF object: the new                 programs attach before the old ones are retired",
     },
+    Scenario {
+        name: "attack_exec_via_dynamic_loader",
+        needs_daemon: true,
+        about: "ld.so /opt/denied/binary: denied when the loader is not allowed (audit: reported); \
+                known gap when it is (no mmap_file hook)",
+    },
+    Scenario {
+        name: "attack_exec_from_fd",
+        needs_daemon: true,
+        about: "fexecve of a memfd holding busybox and execveat(fd, \"\", AT_EMPTY_PATH) of a denied \
+                binary: denied; audit: run and reported",
+    },
+    Scenario {
+        name: "attack_exec_via_link_in_allowed_dir",
+        needs_daemon: true,
+        about: "symlink to a denied binary in an allowed directory: denied; hard link: known gap",
+    },
+    Scenario {
+        name: "attack_file_aliases",
+        needs_daemon: true,
+        about: "/proc/self/fd re-open of an inherited fd and of an O_PATH fd: denied; rename into \
+                and bind mount over an allowed path: known gaps",
+    },
+    Scenario {
+        name: "attack_connect_bypass",
+        needs_daemon: true,
+        about: "IPv4-mapped IPv6 connect to a denied address: denied; UDP sendto without connect: \
+                known gap (the datagram arrives)",
+    },
+    Scenario {
+        name: "attack_io_uring",
+        needs_daemon: true,
+        about: "io_uring openat of a denied file and connect to a denied address: cqe res -EPERM \
+                (or io_uring unavailable); audit: succeed and reported",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

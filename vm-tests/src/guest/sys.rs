@@ -766,7 +766,8 @@ pub fn connect_op(addr: SocketAddr, proto: Proto) -> Result<(), i32> {
     }
 }
 
-fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) {
+/// The `sockaddr` for `addr`: (family, storage, length).
+pub fn sockaddr(addr: SocketAddr) -> (i32, libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     match addr {

@@ -2,6 +2,7 @@
 //! fixtures, cgroup and profile directory, starts the daemon if it needs one, and records one
 //! check per assertion with [`Ctx`](super::out::Ctx).
 
+mod attacks;
 mod audit_mode;
 mod bad_input;
 mod capability_bounding_set;
@@ -61,6 +62,12 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
         "upgrade_to_rebuilt_binary" => {
             restart_without_gap::upgrade_to_a_rebuilt_binary_leaves_no_gap(ctx)
         }
+        "attack_exec_via_dynamic_loader" => attacks::attack_exec_via_dynamic_loader(ctx),
+        "attack_exec_from_fd" => attacks::attack_exec_from_fd(ctx),
+        "attack_exec_via_link_in_allowed_dir" => attacks::attack_exec_via_link_in_allowed_dir(ctx),
+        "attack_file_aliases" => attacks::attack_file_aliases(ctx),
+        "attack_connect_bypass" => attacks::attack_connect_bypass(ctx),
+        "attack_io_uring" => attacks::attack_io_uring(ctx),
         other => bail!("no scenario named {other}"),
     }
 }

@@ -1,0 +1,703 @@
+//! The attack suite: one scenario per technique a workload could use to get around its
+//! profile. Each check asserts what the kernel does today (errno, exit status, whether a
+//! datagram or connection arrived), never a log line. A technique the programs stop is also
+//! run once in `mode: audit`, where it must succeed and be reported. `known_gap_*` checks
+//! assert today's behaviour of a documented gap, so they fail the day the gap is closed and
+//! SECURITY.md must be updated with them.
+
+use crate::guest::daemon::{DECISION_TIMEOUT, ENFORCERD};
+use crate::guest::fixtures::{
+    self, ALLOWED_DIR, BUSYBOX, CONNECT_ALLOW_ALL, DENIED_BUSYBOX, EXEC_ALLOW_ALL, FILES_ALLOW_ALL,
+};
+use crate::guest::out::Ctx;
+use crate::guest::sys::{
+    Cgroup, Exec, Outcome, WaitStatus, cstring, errno, errno_name, sockaddr, spawn_in, write_line,
+};
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+/// A copy of the (dynamically linked) daemon binary at a path no allowlist names.
+const DENIED_DYNAMIC: &str = "/opt/denied/dynamic-binary";
+
+/// Governed cgroups of one scenario: `/attack_<name>` (enforce) and `/attack_<name>_audit`
+/// (the same rules in `mode: audit`).
+struct Cgroups {
+    enforce: Cgroup,
+    audit: Cgroup,
+}
+
+/// Writes one profile for the enforce cgroup and one for the audit cgroup, both with `body`,
+/// and starts the daemon on them.
+fn start(ctx: &mut Ctx, name: &str, body: &str) -> Result<Cgroups> {
+    let enforce = Cgroup::create(&format!("/attack_{name}"))?;
+    let audit = Cgroup::create(&format!("/attack_{name}_audit"))?;
+    let dir = fixtures::profile_dir(&format!("attack_{name}"))?;
+    let pname = name.replace('_', "-");
+    fixtures::write_profile(
+        &dir,
+        "enforce.yaml",
+        &fixtures::profile(&pname, &enforce.rel, "enforce", "deny", body),
+    )?;
+    fixtures::write_profile(
+        &dir,
+        "audit.yaml",
+        &fixtures::profile(&format!("{pname}-audit"), &audit.rel, "audit", "deny", body),
+    )?;
+    ctx.start_daemon(&dir, "daemon_ready")?;
+    Ok(Cgroups { enforce, audit })
+}
+
+/// Checks that the daemon reported an audit decision of `hook` whose target `target` accepts.
+fn audited(ctx: &mut Ctx, check: &str, hook: &str, what: &str, target: impl Fn(&str) -> bool) {
+    let expected = format!("a decision line with hook={hook:?} decision=\"audit\" target {what}");
+    let Some(d) = ctx.daemon.as_mut() else {
+        ctx.check(check, false, expected, "no daemon", None);
+        return;
+    };
+    let matches = |v: &Value| {
+        v["hook"] == hook && v["decision"] == "audit" && v["target"].as_str().is_some_and(&target)
+    };
+    if let Some(v) = d.wait_decision(DECISION_TIMEOUT, matches) {
+        ctx.check(check, true, expected, v.to_string(), None);
+        return;
+    }
+    let lines: Vec<String> = d
+        .decisions()
+        .into_iter()
+        .filter(|v| v["hook"] == hook)
+        .map(|v| v.to_string())
+        .collect();
+    let got = if lines.is_empty() {
+        format!("no {hook} decision line")
+    } else {
+        lines.join("\n")
+    };
+    ctx.check(check, false, expected, got, None);
+}
+
+fn args(v: &[&str]) -> (Vec<std::ffi::CString>, Vec<*const libc::c_char>) {
+    let owned: Vec<std::ffi::CString> = v.iter().map(cstring).collect();
+    let mut ptrs: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    (owned, ptrs)
+}
+
+// ---- 1. exec through the dynamic loader ----
+
+pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
+    std::fs::create_dir_all("/opt/denied")?;
+    std::fs::copy(ENFORCERD, DENIED_DYNAMIC).context("copying the daemon binary")?;
+    let loader_real = std::fs::canonicalize(LOADER)
+        .with_context(|| format!("resolving {LOADER}"))?
+        .to_string_lossy()
+        .into_owned();
+    ctx.note(&format!("{LOADER} resolves to {loader_real}"));
+
+    // Loader not allowed: running it as a program is an exec of the loader.
+    let body = format!(
+        "  exec:
+    default: deny
+    allow: [{BUSYBOX}, {ALLOWED_DIR}/]
+{FILES_ALLOW_ALL}{CONNECT_ALLOW_ALL}"
+    );
+    let cg = start(ctx, "exec_via_dynamic_loader", &body)?;
+    let via_loader = Exec::path(LOADER, &["ld.so", DENIED_DYNAMIC, "--version"]);
+
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(DENIED_DYNAMIC, &["x", "--version"]),
+    );
+    ctx.expect("denied_dynamic_binary_denied", &Outcome::EPERM, &r);
+    let r = ctx.exec(Some(&cg.enforce), &via_loader);
+    ctx.expect("loader_not_allowed_exec_denied", &Outcome::EPERM, &r);
+
+    let r = ctx.exec(Some(&cg.audit), &via_loader);
+    ctx.expect("audit_loader_exec_runs", &Outcome::Exited(0), &r);
+    audited(ctx, "audit_loader_exec_reported", "exec", LOADER, |t| {
+        t == LOADER || t == loader_real
+    });
+    ctx.stop_daemon("daemon_stops_on_sigterm");
+
+    // Loader allowed: it maps the denied binary itself, without an exec.
+    let body = format!(
+        "  exec:
+    default: deny
+    allow: [{BUSYBOX}, {ALLOWED_DIR}/, {LOADER}, {loader_real}]
+{FILES_ALLOW_ALL}{CONNECT_ALLOW_ALL}"
+    );
+    let cg = start(ctx, "exec_via_allowed_dynamic_loader", &body)?;
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(DENIED_DYNAMIC, &["x", "--version"]),
+    );
+    ctx.expect(
+        "denied_dynamic_binary_still_denied_directly",
+        &Outcome::EPERM,
+        &r,
+    );
+    let r = ctx.exec(Some(&cg.enforce), &via_loader);
+    ctx.expect(
+        "known_gap_allowed_loader_runs_denied_binary",
+        &Outcome::Exited(0),
+        &r,
+    );
+    ctx.stop_daemon("daemon_with_loader_allowed_stops_on_sigterm");
+    Ok(())
+}
+
+// ---- 2. exec of an fd: memfd and execveat(AT_EMPTY_PATH) ----
+
+pub fn attack_exec_from_fd(ctx: &mut Ctx) -> Result<()> {
+    fixtures::denied_busybox()?;
+    let payload = std::fs::read(BUSYBOX).context("reading busybox")?;
+    let body = format!(
+        "  exec:
+    default: deny
+    allow: [{BUSYBOX}, {ALLOWED_DIR}/]
+{FILES_ALLOW_ALL}{CONNECT_ALLOW_ALL}"
+    );
+    let cg = start(ctx, "exec_from_fd", &body)?;
+
+    let memfd_exec = || -> Result<(), i32> {
+        let (_a, argv) = args(&["busybox", "true"]);
+        let (_e, env) = args(&["PATH=/bin"]);
+        // SAFETY: plain syscalls on live buffers; on success fexecve does not return.
+        unsafe {
+            let fd = libc::memfd_create(c"payload".as_ptr(), 0);
+            if fd < 0 {
+                return Err(errno());
+            }
+            let mut done = 0;
+            while done < payload.len() {
+                let n = libc::write(fd, payload[done..].as_ptr().cast(), payload.len() - done);
+                if n <= 0 {
+                    return Err(errno());
+                }
+                done += n as usize;
+            }
+            libc::fexecve(fd, argv.as_ptr(), env.as_ptr());
+            Err(errno())
+        }
+    };
+    let execveat_empty = || -> Result<(), i32> {
+        let (_a, argv) = args(&["busybox", "true"]);
+        let (_e, env) = args(&["PATH=/bin"]);
+        let path = cstring(DENIED_BUSYBOX);
+        // SAFETY: plain syscalls on live buffers; on success execveat does not return.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                return Err(errno());
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                env.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            Err(errno())
+        }
+    };
+
+    let what_memfd = "memfd_create + write(busybox) + fexecve";
+    let what_at = format!("execveat(open({DENIED_BUSYBOX}), \"\", AT_EMPTY_PATH)");
+    let r = ctx.op(Some(&cg.enforce), what_memfd, memfd_exec);
+    ctx.expect("memfd_fexecve_denied", &Outcome::EPERM, &r);
+    let r = ctx.op(Some(&cg.enforce), &what_at, execveat_empty);
+    ctx.expect(
+        "execveat_empty_path_of_denied_binary_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+
+    // In audit mode both run (busybox true exits 0) and are reported.
+    let r = ctx.op(Some(&cg.audit), what_memfd, memfd_exec);
+    ctx.expect("audit_memfd_fexecve_runs", &Outcome::Ok, &r);
+    audited(
+        ctx,
+        "audit_memfd_fexecve_reported",
+        "exec",
+        "/memfd:payload*",
+        |t| t.starts_with("/memfd:payload"),
+    );
+    let r = ctx.op(Some(&cg.audit), &what_at, execveat_empty);
+    ctx.expect("audit_execveat_empty_path_runs", &Outcome::Ok, &r);
+    audited(
+        ctx,
+        "audit_execveat_empty_path_reported",
+        "exec",
+        DENIED_BUSYBOX,
+        |t| t == DENIED_BUSYBOX,
+    );
+    ctx.stop_daemon("daemon_stops_on_sigterm");
+    Ok(())
+}
+
+// ---- 3. links to a denied binary in an allowed directory ----
+
+const HARDLINK: &str = "/opt/allowed/hardlink-to-denied";
+const SYMLINK: &str = "/opt/allowed/symlink-to-denied";
+
+pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
+    fixtures::denied_busybox()?;
+    std::fs::create_dir_all(ALLOWED_DIR)?;
+    let _ = std::fs::remove_file(HARDLINK);
+    std::fs::hard_link(DENIED_BUSYBOX, HARDLINK)
+        .with_context(|| format!("hard link {HARDLINK} -> {DENIED_BUSYBOX}"))?;
+    fixtures::symlink(DENIED_BUSYBOX, SYMLINK)?;
+    let body = format!(
+        "  exec:
+    default: deny
+    allow: [{BUSYBOX}, {ALLOWED_DIR}/]
+{FILES_ALLOW_ALL}{CONNECT_ALLOW_ALL}"
+    );
+    let cg = start(ctx, "exec_via_link", &body)?;
+    let g = Some(&cg.enforce);
+
+    let r = ctx.exec(g, &Exec::path(DENIED_BUSYBOX, &["busybox", "true"]));
+    ctx.expect("denied_binary_denied", &Outcome::EPERM, &r);
+    let r = ctx.exec(g, &Exec::path(SYMLINK, &["busybox", "true"]));
+    ctx.expect("symlink_in_allowed_dir_denied", &Outcome::EPERM, &r);
+    let r = ctx.exec(g, &Exec::path(HARDLINK, &["busybox", "true"]));
+    ctx.expect(
+        "known_gap_hard_link_in_allowed_dir_runs",
+        &Outcome::Exited(0),
+        &r,
+    );
+
+    let r = ctx.exec(Some(&cg.audit), &Exec::path(SYMLINK, &["busybox", "true"]));
+    ctx.expect("audit_symlink_runs", &Outcome::Exited(0), &r);
+    audited(ctx, "audit_symlink_reported", "exec", DENIED_BUSYBOX, |t| {
+        t == DENIED_BUSYBOX
+    });
+    ctx.stop_daemon("daemon_stops_on_sigterm");
+    let _ = std::fs::remove_file(HARDLINK);
+    let _ = std::fs::remove_file(SYMLINK);
+    Ok(())
+}
+
+// ---- 4. files: rename, bind mount, /proc/self/fd re-opens ----
+
+const DENIED_TREE: &str = "/srv/attack/denied";
+const ALLOWED_TREE: &str = "/srv/attack/allowed";
+const DENIED_FILE: &str = "/srv/attack/denied/secret";
+const CONTENT: &str = "attack target\n";
+
+/// `open(path, O_RDONLY)` and `read`: the errno of whichever failed.
+fn read_op(path: &str) -> Result<(), i32> {
+    let c = cstring(path);
+    // SAFETY: plain syscalls on a valid path and a stack buffer.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        let e = errno();
+        libc::close(fd);
+        if n < 0 { Err(e) } else { Ok(()) }
+    }
+}
+
+/// Opens `path` with `O_PATH` (no `file_open` check), then re-opens it for reading through
+/// `/proc/self/fd/N`. Exit status 150 means the `O_PATH` open itself failed.
+fn o_path_reopen(path: &str) -> Result<(), i32> {
+    let c = cstring(path);
+    // SAFETY: plain syscalls on a valid path.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(150);
+    }
+    read_op(&format!("/proc/self/fd/{fd}"))
+}
+
+pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
+    let _ = std::fs::remove_dir_all("/srv/attack");
+    fixtures::write(DENIED_FILE, CONTENT, 0o644)?;
+    let renamed_src = format!("{DENIED_TREE}/renamed");
+    let renamed_dst = format!("{ALLOWED_TREE}/renamed");
+    let bind_src = format!("{DENIED_TREE}/bound");
+    let bind_dst = format!("{ALLOWED_TREE}/bind-target");
+    fixtures::write(&renamed_src, CONTENT, 0o644)?;
+    fixtures::write(&bind_src, CONTENT, 0o644)?;
+    fixtures::write(&bind_dst, "harmless\n", 0o644)?;
+
+    let body = format!(
+        "{EXEC_ALLOW_ALL}  files:
+    default: allow
+    rules:
+      - {{path: {DENIED_TREE}/, access: [read, write], action: deny}}
+{CONNECT_ALLOW_ALL}"
+    );
+    let cg = start(ctx, "file_aliases", &body)?;
+    let g = Some(&cg.enforce);
+
+    let r = ctx.op(g, &format!("open+read({DENIED_FILE})"), || {
+        read_op(DENIED_FILE)
+    });
+    ctx.expect("denied_file_read_denied", &Outcome::EPERM, &r);
+    let r = ctx.op(g, &format!("open+read({renamed_src})"), || {
+        read_op(&renamed_src)
+    });
+    ctx.expect("file_to_rename_denied_before", &Outcome::EPERM, &r);
+
+    // Rename by root outside the governed cgroup, then read from inside.
+    std::fs::rename(&renamed_src, &renamed_dst).context("renaming into the allowed tree")?;
+    let r = ctx.op(g, &format!("open+read({renamed_dst})"), || {
+        read_op(&renamed_dst)
+    });
+    ctx.expect(
+        "known_gap_file_renamed_into_allowed_tree_readable",
+        &Outcome::Ok,
+        &r,
+    );
+
+    // Bind mount of the denied file over an allowed path, by root.
+    let (src, dst) = (cstring(&bind_src), cstring(&bind_dst));
+    // SAFETY: mount(2) with valid NUL-terminated paths.
+    let m = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if m != 0 {
+        bail!(
+            "bind mount {bind_src} on {bind_dst}: {}",
+            errno_name(errno())
+        );
+    }
+    let r = ctx.op(
+        g,
+        &format!("open+read({bind_dst}) [bind mount of {bind_src}]"),
+        || read_op(&bind_dst),
+    );
+    // SAFETY: umount2 on a valid path.
+    unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+    ctx.expect(
+        "known_gap_denied_file_bind_mounted_on_allowed_path_readable",
+        &Outcome::Ok,
+        &r,
+    );
+
+    // An fd opened by the ungoverned runner and inherited: re-opening it through
+    // /proc/self/fd/N is a new open of the denied file.
+    let c = cstring(DENIED_FILE);
+    // SAFETY: open(2) on a valid path; the fd is closed below.
+    let inherited: RawFd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+    if inherited < 0 {
+        bail!(
+            "opening {DENIED_FILE} in the runner: {}",
+            errno_name(errno())
+        );
+    }
+    let proc_fd = format!("/proc/self/fd/{inherited}");
+    let what = format!("open+read({proc_fd}) [inherited fd of {DENIED_FILE}]");
+    let r = ctx.op(g, &what, || read_op(&proc_fd));
+    ctx.expect(
+        "proc_self_fd_reopen_of_inherited_fd_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    let what_opath = format!("open({DENIED_FILE}, O_PATH) + open+read(/proc/self/fd/N)");
+    let r = ctx.op(g, &what_opath, || o_path_reopen(DENIED_FILE));
+    ctx.expect(
+        "o_path_then_proc_self_fd_reopen_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+
+    let a = Some(&cg.audit);
+    let r = ctx.op(a, &what, || read_op(&proc_fd));
+    ctx.expect("audit_proc_self_fd_reopen_succeeds", &Outcome::Ok, &r);
+    let r = ctx.op(a, &what_opath, || o_path_reopen(DENIED_FILE));
+    ctx.expect("audit_o_path_reopen_succeeds", &Outcome::Ok, &r);
+    audited(ctx, "audit_reopen_reported", "file", DENIED_FILE, |t| {
+        t == DENIED_FILE
+    });
+    // SAFETY: closing the runner's own fd.
+    unsafe { libc::close(inherited) };
+
+    ctx.stop_daemon("daemon_stops_on_sigterm");
+    Ok(())
+}
+
+// ---- 5. network: IPv4-mapped IPv6, UDP sendto without connect ----
+
+const MAPPED_PORT: u16 = 9192;
+const UDP_PORT: u16 = 9193;
+
+/// `socket()` + `connect()` with a 5 s send timeout.
+fn connect_to(addr: SocketAddr, ty: i32) -> Result<(), i32> {
+    let (family, storage, len) = sockaddr(addr);
+    // SAFETY: plain socket syscalls on a zero-initialised sockaddr of the right length.
+    unsafe {
+        let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let r = libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len);
+        let e = errno();
+        libc::close(fd);
+        if r != 0 { Err(e) } else { Ok(()) }
+    }
+}
+
+/// `sendto()` on an unconnected UDP socket.
+fn sendto(addr: SocketAddr, data: &[u8]) -> Result<(), i32> {
+    let (family, storage, len) = sockaddr(addr);
+    // SAFETY: plain socket syscalls on a zero-initialised sockaddr of the right length.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let n = libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        );
+        let e = errno();
+        libc::close(fd);
+        if n < 0 { Err(e) } else { Ok(()) }
+    }
+}
+
+/// Whether a datagram arrives at `sock` within 2 s.
+fn received(sock: &UdpSocket) -> Option<String> {
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 256];
+    sock.recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| format!("{:?} from {from}", String::from_utf8_lossy(&buf[..n])))
+}
+
+/// Whether a connection is waiting on `l`.
+fn accepted(l: &TcpListener) -> bool {
+    let _ = l.set_nonblocking(true);
+    l.accept().is_ok()
+}
+
+pub fn attack_connect_bypass(ctx: &mut Ctx) -> Result<()> {
+    let tcp = TcpListener::bind(("0.0.0.0", MAPPED_PORT))
+        .with_context(|| format!("listening on 0.0.0.0:{MAPPED_PORT}"))?;
+    let udp = UdpSocket::bind(("127.0.0.1", UDP_PORT))
+        .with_context(|| format!("binding udp 127.0.0.1:{UDP_PORT}"))?;
+    let body = format!(
+        "{EXEC_ALLOW_ALL}{FILES_ALLOW_ALL}  network:
+    connect:
+      default: deny
+      allow:
+        - {{cidr: 127.0.0.0/8, ports: [8080], protocol: tcp}}
+"
+    );
+    let cg = start(ctx, "connect_bypass", &body)?;
+    let g = Some(&cg.enforce);
+    let v4: SocketAddr = format!("127.0.0.1:{MAPPED_PORT}").parse()?;
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{MAPPED_PORT}").parse()?;
+    let udp_dst: SocketAddr = format!("127.0.0.1:{UDP_PORT}").parse()?;
+
+    let r = ctx.op(g, &format!("connect(tcp {v4})"), || {
+        connect_to(v4, libc::SOCK_STREAM)
+    });
+    ctx.expect("denied_ipv4_connect_denied", &Outcome::EPERM, &r);
+    let r = ctx.op(g, &format!("connect(tcp {mapped}) on AF_INET6"), || {
+        connect_to(mapped, libc::SOCK_STREAM)
+    });
+    ctx.expect("ipv4_mapped_ipv6_connect_denied", &Outcome::EPERM, &r);
+    let arrived = accepted(&tcp);
+    ctx.check(
+        "ipv4_mapped_ipv6_connection_never_arrived",
+        !arrived,
+        "no connection on the listener",
+        if arrived { "a connection" } else { "none" },
+        None,
+    );
+
+    let r = ctx.op(g, &format!("connect(udp {udp_dst})"), || {
+        connect_to(udp_dst, libc::SOCK_DGRAM)
+    });
+    ctx.expect("udp_connect_to_denied_address_denied", &Outcome::EPERM, &r);
+    let r = ctx.op(g, &format!("sendto(udp {udp_dst}) unconnected"), || {
+        sendto(udp_dst, b"exfiltrated")
+    });
+    ctx.expect(
+        "known_gap_udp_sendto_without_connect_succeeds",
+        &Outcome::Ok,
+        &r,
+    );
+    let got = received(&udp);
+    ctx.check(
+        "known_gap_udp_sendto_without_connect_arrives",
+        got.is_some(),
+        "the datagram arrives at the listener",
+        got.unwrap_or_else(|| "nothing within 2 s".into()),
+        None,
+    );
+
+    let r = ctx.op(Some(&cg.audit), &format!("connect(tcp {mapped})"), || {
+        connect_to(mapped, libc::SOCK_STREAM)
+    });
+    ctx.expect("audit_ipv4_mapped_ipv6_connect_succeeds", &Outcome::Ok, &r);
+    let want = [v4.to_string(), mapped.to_string()];
+    audited(
+        ctx,
+        "audit_ipv4_mapped_ipv6_connect_reported",
+        "connect",
+        &format!("{v4} or {mapped}"),
+        |t| want.iter().any(|w| w == t),
+    );
+    ctx.stop_daemon("daemon_stops_on_sigterm");
+    Ok(())
+}
+
+// ---- 6. io_uring openat and connect ----
+
+const IO_URING_PORT: u16 = 9194;
+
+/// In a child in `cgroup`: one io_uring operation. The child reports `setup <errno>` when
+/// io_uring cannot be set up, else `res <cqe res>`.
+fn io_uring_in(cgroup: &Cgroup, op: IoUringOp) -> Result<String> {
+    let child = spawn_in(Some(cgroup), move |wr| {
+        let mut ring = match io_uring::IoUring::new(4) {
+            Ok(r) => r,
+            Err(e) => {
+                write_line(wr, &format!("setup {}", e.raw_os_error().unwrap_or(0)));
+                return 0;
+            }
+        };
+        let path = cstring(DENIED_FILE);
+        let (family, storage, len) = sockaddr(op_addr());
+        // SAFETY: a plain socket(2); closed when the child exits.
+        let sock = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        let entry = match op {
+            IoUringOp::OpenAt => {
+                io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+                    .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+                    .build()
+            }
+            IoUringOp::Connect => io_uring::opcode::Connect::new(
+                io_uring::types::Fd(sock),
+                (&storage as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+            .build(),
+        };
+        // SAFETY: the path and address the entry points to outlive the submission.
+        if unsafe { ring.submission().push(&entry) }.is_err() {
+            write_line(wr, "push failed");
+            return 1;
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            write_line(wr, &format!("submit {}", e.raw_os_error().unwrap_or(0)));
+            return 1;
+        }
+        match ring.completion().next() {
+            Some(cqe) => write_line(wr, &format!("res {}", cqe.result())),
+            None => write_line(wr, "no completion"),
+        }
+        0
+    })?;
+    let (lines, status) = child.finish(Duration::from_secs(20));
+    if status != WaitStatus::Exited(0) {
+        bail!("io_uring child: {status:?} {lines:?}");
+    }
+    Ok(lines.join(" "))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum IoUringOp {
+    OpenAt,
+    Connect,
+}
+
+fn op_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], IO_URING_PORT))
+}
+
+pub fn attack_io_uring(ctx: &mut Ctx) -> Result<()> {
+    let _ = std::fs::remove_dir_all("/srv/attack");
+    fixtures::write(DENIED_FILE, CONTENT, 0o644)?;
+    let _tcp =
+        TcpListener::bind(op_addr()).with_context(|| format!("listening on {}", op_addr()))?;
+    let body = format!(
+        "{EXEC_ALLOW_ALL}  files:
+    default: allow
+    rules:
+      - {{path: {DENIED_TREE}/, access: [read, write], action: deny}}
+  network:
+    connect:
+      default: deny
+      allow:
+        - {{cidr: 127.0.0.0/8, ports: [8080], protocol: tcp}}
+"
+    );
+    let cg = start(ctx, "io_uring", &body)?;
+    let eperm = format!("res {}", -libc::EPERM);
+
+    for (op, name, what) in [
+        (IoUringOp::OpenAt, "openat", DENIED_FILE.to_owned()),
+        (IoUringOp::Connect, "connect", op_addr().to_string()),
+    ] {
+        let got = io_uring_in(&cg.enforce, op)?;
+        ctx.note(&format!("io_uring {name} {what} [enforce] -> {got}"));
+        if let Some(e) = got.strip_prefix("setup ") {
+            let e: i32 = e.parse().unwrap_or(0);
+            // Unavailable io_uring cannot be used to get around the programs.
+            ctx.check(
+                &format!("io_uring_{name}_unavailable_on_this_kernel"),
+                true,
+                format!("cqe res {} (or io_uring unavailable)", -libc::EPERM),
+                format!("io_uring_setup failed: {}", errno_name(e)),
+                None,
+            );
+            continue;
+        }
+        ctx.check(
+            &format!("io_uring_{name}_of_denied_target_denied"),
+            got == eperm,
+            format!("{eperm} (EPERM)"),
+            got,
+            None,
+        );
+        let got = io_uring_in(&cg.audit, op)?;
+        ctx.note(&format!("io_uring {name} {what} [audit] -> {got}"));
+        let ok = got
+            .strip_prefix("res ")
+            .and_then(|n| n.parse::<i32>().ok())
+            .is_some_and(|n| n >= 0);
+        ctx.check(
+            &format!("audit_io_uring_{name}_succeeds"),
+            ok,
+            "res >= 0",
+            got,
+            None,
+        );
+        let (hook, target) = match op {
+            IoUringOp::OpenAt => ("file", DENIED_FILE.to_owned()),
+            IoUringOp::Connect => ("connect", op_addr().to_string()),
+        };
+        audited(
+            ctx,
+            &format!("audit_io_uring_{name}_reported"),
+            hook,
+            &target,
+            |t| t == target,
+        );
+    }
+    ctx.stop_daemon("daemon_stops_on_sigterm");
+    Ok(())
+}

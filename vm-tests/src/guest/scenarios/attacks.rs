@@ -11,7 +11,8 @@ use crate::guest::fixtures::{
 };
 use crate::guest::out::Ctx;
 use crate::guest::sys::{
-    Cgroup, Exec, Outcome, WaitStatus, cstring, errno, errno_name, sockaddr, spawn_in, write_line,
+    Cgroup, Exec, Outcome, Run, WaitStatus, cstring, errno, errno_name, sockaddr, spawn_in,
+    write_line,
 };
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
@@ -47,19 +48,36 @@ fn start(ctx: &mut Ctx, name: &str, body: &str) -> Result<Cgroups> {
         "audit.yaml",
         &fixtures::profile(&format!("{pname}-audit"), &audit.rel, "audit", "deny", body),
     )?;
-    ctx.start_daemon(&dir, "daemon_ready")?;
+    // Every decision on its own line: the audit checks look for each attempt's pid.
+    ctx.start_daemon_args(&dir, &["--aggregate-window", "0"], "daemon_ready")?;
     Ok(Cgroups { enforce, audit })
 }
 
-/// Checks that the daemon reported an audit decision of `hook` whose target `target` accepts.
-fn audited(ctx: &mut Ctx, check: &str, hook: &str, what: &str, target: impl Fn(&str) -> bool) {
-    let expected = format!("a decision line with hook={hook:?} decision=\"audit\" target {what}");
+/// Checks that the daemon reported an audit decision of `hook` whose target `target` accepts,
+/// for the process `run` (when given).
+fn audited(
+    ctx: &mut Ctx,
+    check: &str,
+    run: Option<&Run>,
+    hook: &str,
+    what: &str,
+    target: impl Fn(&str) -> bool,
+) {
+    let pid = run.map(|r| i64::from(r.pid));
+    let mut expected =
+        format!("a decision line with hook={hook:?} decision=\"audit\" target {what}");
+    if let Some(p) = pid {
+        expected.push_str(&format!(" pid={p}"));
+    }
     let Some(d) = ctx.daemon.as_mut() else {
         ctx.check(check, false, expected, "no daemon", None);
         return;
     };
     let matches = |v: &Value| {
-        v["hook"] == hook && v["decision"] == "audit" && v["target"].as_str().is_some_and(&target)
+        v["hook"] == hook
+            && v["decision"] == "audit"
+            && v["target"].as_str().is_some_and(&target)
+            && pid.is_none_or(|p| v["pid"].as_i64() == Some(p))
     };
     if let Some(v) = d.wait_decision(DECISION_TIMEOUT, matches) {
         ctx.check(check, true, expected, v.to_string(), None);
@@ -117,9 +135,14 @@ pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
 
     let r = ctx.exec(Some(&cg.audit), &via_loader);
     ctx.expect("audit_loader_exec_runs", &Outcome::Exited(0), &r);
-    audited(ctx, "audit_loader_exec_reported", "exec", LOADER, |t| {
-        t == LOADER || t == loader_real
-    });
+    audited(
+        ctx,
+        "audit_loader_exec_reported",
+        Some(&r),
+        "exec",
+        LOADER,
+        |t| t == LOADER || t == loader_real,
+    );
     ctx.stop_daemon("daemon_stops_on_sigterm");
 
     // Loader allowed: it maps the denied binary itself, without an exec.
@@ -222,6 +245,7 @@ pub fn attack_exec_from_fd(ctx: &mut Ctx) -> Result<()> {
     audited(
         ctx,
         "audit_memfd_fexecve_reported",
+        Some(&r),
         "exec",
         "/memfd:payload*",
         |t| t.starts_with("/memfd:payload"),
@@ -231,6 +255,7 @@ pub fn attack_exec_from_fd(ctx: &mut Ctx) -> Result<()> {
     audited(
         ctx,
         "audit_execveat_empty_path_reported",
+        Some(&r),
         "exec",
         DENIED_BUSYBOX,
         |t| t == DENIED_BUSYBOX,
@@ -273,9 +298,14 @@ pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
 
     let r = ctx.exec(Some(&cg.audit), &Exec::path(SYMLINK, &["busybox", "true"]));
     ctx.expect("audit_symlink_runs", &Outcome::Exited(0), &r);
-    audited(ctx, "audit_symlink_reported", "exec", DENIED_BUSYBOX, |t| {
-        t == DENIED_BUSYBOX
-    });
+    audited(
+        ctx,
+        "audit_symlink_reported",
+        Some(&r),
+        "exec",
+        DENIED_BUSYBOX,
+        |t| t == DENIED_BUSYBOX,
+    );
     ctx.stop_daemon("daemon_stops_on_sigterm");
     let _ = std::fs::remove_file(HARDLINK);
     let _ = std::fs::remove_file(SYMLINK);
@@ -420,11 +450,24 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
     let a = Some(&cg.audit);
     let r = ctx.op(a, &what, || read_op(&proc_fd));
     ctx.expect("audit_proc_self_fd_reopen_succeeds", &Outcome::Ok, &r);
+    audited(
+        ctx,
+        "audit_proc_self_fd_reopen_reported",
+        Some(&r),
+        "file",
+        DENIED_FILE,
+        |t| t == DENIED_FILE,
+    );
     let r = ctx.op(a, &what_opath, || o_path_reopen(DENIED_FILE));
     ctx.expect("audit_o_path_reopen_succeeds", &Outcome::Ok, &r);
-    audited(ctx, "audit_reopen_reported", "file", DENIED_FILE, |t| {
-        t == DENIED_FILE
-    });
+    audited(
+        ctx,
+        "audit_o_path_reopen_reported",
+        Some(&r),
+        "file",
+        DENIED_FILE,
+        |t| t == DENIED_FILE,
+    );
     // SAFETY: closing the runner's own fd.
     unsafe { libc::close(inherited) };
 
@@ -556,6 +599,7 @@ pub fn attack_connect_bypass(ctx: &mut Ctx) -> Result<()> {
     audited(
         ctx,
         "audit_ipv4_mapped_ipv6_connect_reported",
+        Some(&r),
         "connect",
         &format!("{v4} or {mapped}"),
         |t| want.iter().any(|w| w == t),
@@ -693,6 +737,7 @@ pub fn attack_io_uring(ctx: &mut Ctx) -> Result<()> {
         audited(
             ctx,
             &format!("audit_io_uring_{name}_reported"),
+            None,
             hook,
             &target,
             |t| t == target,

@@ -103,6 +103,12 @@ pub const SCENARIOS: &[Scenario] = &[
                 any one of them it refuses to start (exit 3) and attaches nothing",
     },
     Scenario {
+        name: "daemon_footprint",
+        needs_daemon: true,
+        about: "100 profiles for 100 cgroups are applied and enforced; start-up to READY=1, \
+                RSS and idle CPU are noted",
+    },
+    Scenario {
         name: "daemon_sigkill_and_restart",
         needs_daemon: true,
         about: "a workload loops on a denied open while the daemon is SIGKILLed, restarted,                 stopped and started again: pinned programs keep enforcing, not one open                 succeeds, reports resume after each start",

@@ -260,6 +260,18 @@ pub const EXEC_ALLOW_ALL: &str = "  exec:\n    default: allow\n";
 pub const FILES_ALLOW_ALL: &str = "  files:\n    default: allow\n";
 pub const CONNECT_ALLOW_ALL: &str = "  network:\n    connect:\n      default: allow\n";
 
+/// A `Vm*:` line of /proc/PID/status, in KiB (0 if unreadable).
+pub fn vm_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

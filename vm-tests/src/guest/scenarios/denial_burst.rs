@@ -55,7 +55,7 @@ pub fn a_flood_of_denials_is_counted_exactly_with_bounded_memory(ctx: &mut Ctx) 
          ratio {:.3}",
         governed as f64 / baseline.max(1) as f64
     ));
-    let rss_before = vm_kib(pid, "VmRSS:");
+    let rss_before = fixtures::vm_kib(pid, "VmRSS:");
 
     let paths: Vec<_> = (0..FILES).map(|i| cstring(format!("{DIR}/f{i}"))).collect();
     let started = Instant::now();
@@ -152,7 +152,7 @@ pub fn a_flood_of_denials_is_counted_exactly_with_bounded_memory(ctx: &mut Ctx) 
         None,
     );
 
-    let hwm = vm_kib(pid, "VmHWM:");
+    let hwm = fixtures::vm_kib(pid, "VmHWM:");
     ctx.note(&format!(
         "daemon RSS before the burst {rss_before} KiB, peak {hwm} KiB"
     ));
@@ -210,16 +210,4 @@ fn file_counters(status: &Value) -> Option<Counters> {
         aggregated: n("aggregated"),
         dropped: n("dropped"),
     })
-}
-
-/// A `Vm*:` line of /proc/PID/status, in KiB (0 if unreadable).
-fn vm_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -7,6 +7,7 @@ mod audit_mode;
 mod bad_input;
 mod capability_bounding_set;
 mod connect;
+mod daemon_footprint;
 mod decision_reports;
 mod denial_burst;
 mod environment;
@@ -58,6 +59,7 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
         "capability_bounding_set" => {
             capability_bounding_set::the_units_capabilities_are_needed_and_enough(ctx)
         }
+        "daemon_footprint" => daemon_footprint::footprint_with_100_profiles(ctx),
         "daemon_sigkill_and_restart" => restart_without_gap::sigkill_and_restart_leave_no_gap(ctx),
         "upgrade_to_rebuilt_binary" => {
             restart_without_gap::upgrade_to_a_rebuilt_binary_leaves_no_gap(ctx)

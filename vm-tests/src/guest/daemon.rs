@@ -531,7 +531,16 @@ pub fn run_command_as(program: &str, args: &[&str], uid: Option<u32>) -> Command
 }
 
 /// Runs a prepared command (at most 60 s) and collects its output.
-pub fn run_prepared(mut command: Command, program: &str) -> CommandOutput {
+pub fn run_prepared(command: Command, program: &str) -> CommandOutput {
+    run_prepared_within(command, program, Duration::from_secs(60))
+}
+
+/// [`run_prepared`], killed after `timeout`.
+pub fn run_prepared_within(
+    mut command: Command,
+    program: &str,
+    timeout: Duration,
+) -> CommandOutput {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let tag = SEQ.fetch_add(1, Ordering::Relaxed);
     let out_path = PathBuf::from(format!("/tmp/cmd-{tag}.out"));
@@ -553,13 +562,16 @@ pub fn run_prepared(mut command: Command, program: &str) -> CommandOutput {
             loop {
                 match child.try_wait() {
                     Ok(Some(s)) => break (describe_status(s), s.code()),
-                    Ok(None) if started.elapsed() < Duration::from_secs(60) => {
+                    Ok(None) if started.elapsed() < timeout => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
                     _ => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        break ("did not finish within 60 s (killed)".into(), None);
+                        break (
+                            format!("did not finish within {} s (killed)", timeout.as_secs()),
+                            None,
+                        );
                     }
                 }
             }

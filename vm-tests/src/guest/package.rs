@@ -7,7 +7,7 @@
 //! Every check is an exit status, an errno or a file's state; [`CHECKS`] lists them all, and
 //! the host fails the run for any check that did not report.
 
-use super::daemon::{CommandOutput, describe_status, status_json};
+use super::daemon::{CommandOutput, run_prepared_within, status_json};
 use super::fixtures::{self, json_str, json_strings, wait_until};
 use super::out::{Ctx, emit};
 use super::sys::errno_name;
@@ -18,7 +18,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The phases (scenarios in the protocol) and their checks, in the order they run.
@@ -112,59 +112,9 @@ const ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs a command to completion, killed after `timeout`.
 fn run(program: &str, args: &[&str], timeout: Duration) -> CommandOutput {
-    let spawned = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            return CommandOutput {
-                status: format!("cannot run {program}: {e}"),
-                code: None,
-                stdout: String::new(),
-                stderr: String::new(),
-            };
-        }
-    };
-    // Readers on threads: a chatty command must not block on a full pipe.
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let started = Instant::now();
-    let (status, code) = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break (describe_status(s), s.code()),
-            Ok(None) if started.elapsed() < timeout => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break (
-                    format!("did not finish within {} s (killed)", timeout.as_secs()),
-                    None,
-                );
-            }
-        }
-    };
-    CommandOutput {
-        status,
-        code,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
+    let mut command = Command::new(program);
+    command.args(args);
+    run_prepared_within(command, program, timeout)
 }
 
 fn short(program: &str, args: &[&str]) -> CommandOutput {

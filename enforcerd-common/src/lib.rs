@@ -343,6 +343,8 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const AGGREGATES: &str = "AGGREGATES";
     pub const PENDING_CGROUPS: &str = "PENDING_CGROUPS";
+    pub const RESOLVED_CGROUPS: &str = "RESOLVED_CGROUPS";
+    pub const GOVERNANCE_GENERATION: &str = "GOVERNANCE_GENERATION";
 }
 
 /// Map capacities. The tries allocate on insert, so a large maximum costs nothing until used.
@@ -358,6 +360,9 @@ pub mod capacity {
     /// new targets are reported without aggregation.
     pub const AGGREGATES: u32 = 16_384;
     pub const PENDING_CGROUPS: u32 = 16_384;
+    /// Cgroups whose governing profile the programs remember (least recently used ones are
+    /// forgotten, and resolved again when next seen).
+    pub const RESOLVED_CGROUPS: u32 = 16_384;
 }
 
 const _: () = {

@@ -17,7 +17,10 @@ use core::{
 };
 
 use crate::{
-    maps::{AGGREGATES, CGROUP_PROFILES, COUNTERS, EVENTS, PROFILES, PathScratch},
+    maps::{
+        AGGREGATES, CGROUP_PROFILES, COUNTERS, EVENTS, GOVERNANCE_GENERATION, PROFILES,
+        PathScratch, RESOLVED_CGROUPS, ResolvedCgroup,
+    },
     offsets,
 };
 
@@ -45,14 +48,47 @@ pub const MISSING_CONFIG: ProfileConfig = ProfileConfig {
     _pad: [0; 2],
 };
 
-/// The profile of the nearest governed ancestor of the current task's cgroup (or of the
-/// cgroup itself), walking from the root down, so the deepest match wins. Bounded by
-/// `MAX_CGROUP_LEVELS`; stops at the task's own level (the helper returns 0 below it).
-/// The walk uses the task's cgroup v2 hierarchy, not its namespaces, so `unshare`/`setns`
-/// and moving to a child cgroup cannot leave a profile.
+/// The profile that governs the current task: the one of the nearest governed ancestor of
+/// its cgroup (or of the cgroup itself). Remembered per cgroup in `RESOLVED_CGROUPS` until the
+/// daemon changes which cgroups are governed; see [`walk_cgroup_ancestors`] for the walk.
 /// Returns `None` for ungoverned tasks.
 #[inline(always)]
 pub fn governing_profile() -> Option<Governed> {
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // Read before the walk (see GOVERNANCE_GENERATION).
+    let generation = match GOVERNANCE_GENERATION.get_ptr(0) {
+        Some(g) => unsafe { read_volatile(g) },
+        None => return walk_and_find(),
+    };
+    let found = match unsafe { RESOLVED_CGROUPS.get(&cgroup) } {
+        Some(r) if r.generation == generation => r.profile_id,
+        _ => {
+            let found = walk_cgroup_ancestors();
+            let entry = ResolvedCgroup {
+                generation,
+                profile_id: found,
+                _pad: 0,
+            };
+            let _ = RESOLVED_CGROUPS.insert(&cgroup, &entry, 0);
+            found
+        }
+    };
+    with_settings(found)
+}
+
+/// [`governing_profile`] without the memory (only if the generation map cannot be read).
+#[inline(always)]
+fn walk_and_find() -> Option<Governed> {
+    with_settings(walk_cgroup_ancestors())
+}
+
+/// The profile id of the nearest governed ancestor of the current task's cgroup (or of the
+/// cgroup itself), walking from the root down, so the deepest match wins; 0 for none.
+/// Bounded by `MAX_CGROUP_LEVELS`; stops at the task's own level (the helper returns 0 below
+/// it). The walk uses the task's cgroup v2 hierarchy, not its namespaces, so
+/// `unshare`/`setns` and moving to a child cgroup cannot leave a profile.
+#[inline(always)]
+fn walk_cgroup_ancestors() -> u32 {
     let mut found: u32 = 0;
     let mut level: i32 = 0;
     while level < MAX_CGROUP_LEVELS as i32 {
@@ -65,6 +101,12 @@ pub fn governing_profile() -> Option<Governed> {
         }
         level += 1;
     }
+    found
+}
+
+/// The governed view of profile `found` (`None` for 0: ungoverned).
+#[inline(always)]
+fn with_settings(found: u32) -> Option<Governed> {
     // Profile ids start at 1.
     if found == 0 {
         return None;

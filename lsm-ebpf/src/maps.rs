@@ -1,7 +1,7 @@
 //! The maps shared with the daemon. Keys and values are the `enforcerd_common` types.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcerd_common::{
     AggKey, AggState, CgroupPathKey, ExecRule, FileRule, NetKey, NetRule, PATH_BUF_BYTES, PathKey,
@@ -12,6 +12,30 @@ use enforcerd_common::{
 #[map]
 pub static CGROUP_PROFILES: HashMap<u64, u32> =
     HashMap::with_max_entries(capacity::CGROUP_PROFILES, 0);
+
+/// Cgroup id -> the profile that governs it (0: none), as `governing_profile` last resolved
+/// it by walking the cgroup's ancestors through `CGROUP_PROFILES`, stamped with the
+/// `GOVERNANCE_GENERATION` read before that walk. A hook then needs one lookup instead of one
+/// per level. Cgroup ids are never reused within a boot, and a new cgroup is bound (by
+/// `cgroup_mkdir`) before any task can be in it, so only the daemon's changes can make an
+/// entry stale, and those bump the generation.
+#[map]
+pub static RESOLVED_CGROUPS: LruHashMap<u64, ResolvedCgroup> =
+    LruHashMap::with_max_entries(capacity::RESOLVED_CGROUPS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ResolvedCgroup {
+    pub generation: u64,
+    pub profile_id: u32,
+    pub _pad: u32,
+}
+
+/// One counter the daemon increments after every change to `CGROUP_PROFILES` (after the
+/// change, so a walk that read the old generation may have seen old entries and is
+/// discarded, and one that read the new generation sees the change).
+#[map]
+pub static GOVERNANCE_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Profile id -> settings.
 #[map]

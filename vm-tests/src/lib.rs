@@ -7,6 +7,7 @@
 //!   one result line per check.
 //! * [`protocol`]: the result lines both sides agree on; [`catalog`]: the scenario list.
 
+pub mod bench;
 pub mod catalog;
 pub mod guest;
 pub mod host;

@@ -38,6 +38,23 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Benchmark: per-operation latency (median, p99) of open+close, fork+exec and TCP connect
+    /// with no enforcement (a), enforcerd governing other cgroups (b), a realistic profile (c),
+    /// the same with 10,000 file, 1,000 exec rules and 1,000 CIDRs (d), and AppArmor (e), as
+    /// ratios to (a); one boot per kernel and clock. Tables go to <log-dir>/bench.md.
+    Bench {
+        /// A kernel of the matrix (debian12, debian13, sid) or a path to a bzImage; repeatable.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// Which clocks to boot with; repeatable (default: icount, then wall).
+        #[arg(long = "clock", value_name = "CLOCK")]
+        clocks: Vec<host::bench::Clock>,
+        /// Instruction-counted VMs to run at once (wall-clock VMs always run alone).
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Install a .deb in a Debian 12 VM booted with systemd as init: the packaged service
     /// starts, enforces a signed profile on a unit, reports to the journal, runs hardened, and
     /// purging removes every trace and stops enforcement.
@@ -132,6 +149,25 @@ fn main() -> ExitCode {
             }
             host::test(&options(common, kernels, scenarios, jobs))
         }
+        Cmd::Bench {
+            kernels,
+            clocks,
+            jobs,
+            common,
+        } => host::bench::bench(&host::bench::BenchOptions {
+            kernels,
+            clocks: if clocks.is_empty() {
+                vec![host::bench::Clock::Icount, host::bench::Clock::Wall]
+            } else {
+                clocks
+            },
+            bin_dir: common.bin_dir,
+            kernel_dir: common.kernel_dir.unwrap_or_else(host::default_kernel_dir),
+            log_dir: common.log_dir.unwrap_or_else(host::default_log_dir),
+            timeout: Duration::from_secs(common.timeout),
+            memory_mb: common.memory,
+            jobs,
+        }),
         Cmd::Demo { kernel, common } => host::demo(&options(common, vec![kernel], vec![], 1)),
         Cmd::Package {
             deb,

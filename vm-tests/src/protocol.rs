@@ -11,6 +11,9 @@
 //!           "expected":"EPERM (Operation not permitted)","got":"exit 0"}   (one line)
 //! @@SCENARIO-SKIP connect no IPv6 on lo
 //! @@SCENARIO-END exec_allowlist
+//! @@BENCH {"case":"c","op":"open","iterations":20000,"median_ns":10712,"p99_ns":11020,
+//!          "mean_ns":10790}                   (one line; `vm-tests bench` only)
+//! @@BENCH-PROG {"case":"c","op":"open","program":"file_open","runs":22010,"ns_per_run":812}
 //! @@DONE failed                            vm-guest finished: "ok" or "failed"
 //! @@GUEST-EXIT 1                           /init: vm-guest's exit status, just before poweroff
 //! ```
@@ -18,6 +21,7 @@
 //! Kernel messages can share the console with the guest's output, so the parser looks for the
 //! `@@` marker anywhere in a line and ignores what precedes it.
 
+use crate::bench::{BenchResult, ProgramCost};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -51,6 +55,8 @@ pub enum Event {
     ScenarioSkip { scenario: String, reason: String },
     ScenarioEnd(String),
     Result(CheckResult),
+    Bench(BenchResult),
+    BenchProgram(ProgramCost),
     Done(String),
     GuestExit(i32),
 }
@@ -83,6 +89,8 @@ impl Event {
             }
             Event::ScenarioEnd(s) => format!("@@SCENARIO-END {s}"),
             Event::Result(r) => format!("@@RESULT {}", json(r)),
+            Event::Bench(b) => format!("@@BENCH {}", json(b)),
+            Event::BenchProgram(p) => format!("@@BENCH-PROG {}", json(p)),
             Event::Done(status) => format!("@@DONE {status}"),
             Event::GuestExit(code) => format!("@@GUEST-EXIT {code}"),
         }
@@ -147,6 +155,14 @@ pub fn parse_line(raw: &str) -> Option<Result<Event, ParseError>> {
             Ok(r) => Event::Result(r),
             Err(e) => return err(&format!("bad RESULT JSON: {e}")),
         },
+        "BENCH" => match serde_json::from_str(rest) {
+            Ok(b) => Event::Bench(b),
+            Err(e) => return err(&format!("bad BENCH JSON: {e}")),
+        },
+        "BENCH-PROG" => match serde_json::from_str(rest) {
+            Ok(p) => Event::BenchProgram(p),
+            Err(e) => return err(&format!("bad BENCH-PROG JSON: {e}")),
+        },
         "DONE" => Event::Done(rest.to_owned()),
         "GUEST-EXIT" => match rest.parse() {
             Ok(code) => Event::GuestExit(code),
@@ -190,6 +206,23 @@ mod tests {
             Event::Result(CheckResult {
                 detail: Some("ready in 1.2 s".into()),
                 ..result(true)
+            }),
+            Event::Bench(BenchResult {
+                case: "c".into(),
+                op: "open".into(),
+                stats: crate::bench::Stats {
+                    iterations: 20_000,
+                    median_ns: 10_712,
+                    p99_ns: 11_020,
+                    mean_ns: 10_790,
+                },
+            }),
+            Event::BenchProgram(ProgramCost {
+                case: "c".into(),
+                op: "open".into(),
+                program: "file_open".into(),
+                runs: 22_010,
+                ns_per_run: 812,
             }),
             Event::Done("ok".into()),
             Event::GuestExit(3),

@@ -4,7 +4,7 @@
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        HashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -344,12 +344,28 @@ impl Enforcer {
     /// Ungoverns those of `cgroups` that point at `id`.
     pub fn release_from(&mut self, cgroups: &[u64], id: u32) -> Result<(), LoadError> {
         let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
-        for cgroup in cgroups {
+        let result = cgroups.iter().try_for_each(|cgroup| {
             if governed.get(cgroup, 0).is_ok_and(|v| v == id) {
                 remove_cgroup(&mut governed, cgroup)?;
             }
-        }
-        Ok(())
+            Ok(())
+        });
+        self.cgroups_changed(result)
+    }
+
+    /// Tells the programs that `CGROUP_PROFILES` changed (also after a change that failed
+    /// half-way), so that the governing profiles they remember per cgroup (`RESOLVED_CGROUPS`)
+    /// are resolved again; then returns `result`.
+    fn cgroups_changed<T>(&mut self, result: Result<T, LoadError>) -> Result<T, LoadError> {
+        let mut generation: Array<_, u64> = self.map(names::GOVERNANCE_GENERATION)?;
+        let next = generation
+            .get(&0, 0)
+            .map_err(|e| map_error(names::GOVERNANCE_GENERATION, e))?
+            .wrapping_add(1);
+        generation
+            .set(0, &next, 0)
+            .map_err(|e| map_error(names::GOVERNANCE_GENERATION, e))?;
+        result
     }
 
     /// Bytes of decision records the kernel wrote and the reader has not consumed yet.
@@ -420,21 +436,21 @@ impl KernelMaps for Enforcer {
     /// that cgroup sees either the old profile or the new one, never a mix.
     fn govern(&mut self, cgroups: &[(u64, u32)]) -> Result<(), LoadError> {
         let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
-        for (cgroup_id, profile_id) in cgroups {
+        let result = cgroups.iter().try_for_each(|(cgroup_id, profile_id)| {
             governed
                 .insert(cgroup_id, profile_id, 0)
-                .map_err(|e| map_error(names::CGROUP_PROFILES, e))?;
-        }
-        Ok(())
+                .map_err(|e| map_error(names::CGROUP_PROFILES, e))
+        });
+        self.cgroups_changed(result)
     }
 
     /// Stops governing these cgroups (an absent entry is fine).
     fn ungovern(&mut self, cgroups: &[u64]) -> Result<(), LoadError> {
         let mut governed: HashMap<_, u64, u32> = self.map(names::CGROUP_PROFILES)?;
-        for cgroup_id in cgroups {
-            remove_cgroup(&mut governed, cgroup_id)?;
-        }
-        Ok(())
+        let result = cgroups
+            .iter()
+            .try_for_each(|cgroup_id| remove_cgroup(&mut governed, cgroup_id));
+        self.cgroups_changed(result)
     }
 
     fn pend(&mut self, paths: &[String], id: u32) -> Result<(), LoadError> {
@@ -480,15 +496,13 @@ impl KernelMaps for Enforcer {
             .filter(|(_, id)| *id == from)
             .map(|(cgroup, _)| cgroup)
             .collect();
-        for cgroup in &hits {
-            match to {
-                Some(to) => governed
-                    .insert(cgroup, &to, 0)
-                    .map_err(|e| map_error(names::CGROUP_PROFILES, e))?,
-                None => remove_cgroup(&mut governed, cgroup)?,
-            }
-        }
-        Ok(hits.len())
+        let result = hits.iter().try_for_each(|cgroup| match to {
+            Some(to) => governed
+                .insert(cgroup, &to, 0)
+                .map_err(|e| map_error(names::CGROUP_PROFILES, e)),
+            None => remove_cgroup(&mut governed, cgroup),
+        });
+        self.cgroups_changed(result.map(|()| hits.len()))
     }
 
     /// Waits until every program run that may have read the maps before this call has

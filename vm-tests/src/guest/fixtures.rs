@@ -84,6 +84,21 @@ pub fn profile(name: &str, cgroup: &str, mode: &str, on_violation: &str, body: &
     profile_with_serial(name, 1, cgroup, mode, on_violation, body)
 }
 
+/// The rules of a typical service `i` (3 exec, 3 file, 2 connect rules, some its own):
+/// the many-profiles scenarios load one per cgroup.
+pub fn service_profile_body(i: usize) -> String {
+    format!(
+        "  exec:\n    default: deny\n    allow: [/bin/, /usr/bin/, /opt/app{i}/]\n\
+             \x20 files:\n    default: allow\n    rules:\n\
+             \x20     - {{path: /srv/footprint/, access: [read, write], action: deny}}\n\
+             \x20     - {{path: /etc/app{i}/, access: [write], action: deny}}\n\
+             \x20     - {{path: /var/lib/app{i}/, access: [read, write], action: allow}}\n\
+             \x20 network:\n    connect:\n      default: deny\n      allow:\n\
+             \x20       - {{cidr: 10.{i}.0.0/16, ports: [5432], protocol: tcp}}\n\
+             \x20       - {{cidr: 127.0.0.0/8, ports: [8080], protocol: tcp}}\n"
+    )
+}
+
 /// [`profile`] with a chosen `metadata.serial`.
 pub fn profile_with_serial(
     name: &str,

@@ -3,6 +3,7 @@
 //! `vm-guest test [--scenarios a,b]` runs the scenarios and prints the protocol lines of
 //! [`crate::protocol`]; `vm-guest demo` prints a narrated walk-through for a human.
 
+pub mod bench;
 pub mod daemon;
 pub mod demo;
 pub mod fixtures;
@@ -42,6 +43,11 @@ enum Mode {
         #[arg(long)]
         deb: std::path::PathBuf,
     },
+    /// Run the benchmark cases (`vm-tests bench`), printing one @@BENCH line per case and
+    /// operation.
+    Bench,
+    /// One benchmark loop, run by `bench` in the case's cgroup: prints its figures as JSON.
+    BenchWorker { op: String },
     /// Open and read a file; print what happened and exit with the errno (0: read it).
     Open { path: String },
 }
@@ -52,8 +58,10 @@ pub fn main() -> ExitCode {
         Mode::Test { .. } => "test",
         Mode::Demo => "demo",
         Mode::Package { .. } => "package",
-        // A probe inside a workload: no protocol lines.
+        Mode::Bench => "bench",
+        // A probe or a loop inside a workload: no protocol lines.
         Mode::Open { path } => return ExitCode::from(package::open_probe(path)),
+        Mode::BenchWorker { op } => return ExitCode::from(bench::worker(op)),
     };
     emit(&Event::GuestStart(GuestStart {
         kernel: sys::uname_release(),
@@ -63,7 +71,8 @@ pub fn main() -> ExitCode {
         Mode::Test { scenarios } => run_tests(&scenarios),
         Mode::Demo => demo::run(),
         Mode::Package { deb } => package::run_all(&deb),
-        Mode::Open { .. } => unreachable!("handled above"),
+        Mode::Bench => bench::run(),
+        Mode::Open { .. } | Mode::BenchWorker { .. } => unreachable!("handled above"),
     };
     ExitCode::from(code)
 }

@@ -924,3 +924,72 @@ mod tests {
         assert_eq!(e.describe(), "cd /opt/denied && ./busybox true");
     }
 }
+
+/// One loaded BPF program's run statistics (`bpf_prog_info`; counted only while
+/// `kernel.bpf_stats_enabled` is 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub id: u32,
+    /// The object's name for it, cut to 15 bytes by the kernel.
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// Statistics of every BPF program in the kernel, listed with `BPF_PROG_GET_NEXT_ID` and read
+/// with `BPF_OBJ_GET_INFO_BY_FD` (vm-guest runs as root).
+pub fn bpf_program_stats() -> Result<Vec<ProgramStats>> {
+    // `enum bpf_cmd` in linux/bpf.h.
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // Offsets in `struct bpf_prog_info` (stable UAPI; fields are only ever appended).
+    const NAME: usize = 64;
+    const RUN_TIME_NS: usize = 192;
+    const RUN_CNT: usize = 200;
+    let bpf = |cmd: libc::c_long, attr: *mut u8, size: usize| {
+        // SAFETY: bpf(2) reads and writes `size` bytes of `attr`.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) }
+    };
+    let mut stats = Vec::new();
+    let mut id = 0u32;
+    loop {
+        // start_id, next_id, open_flags.
+        let mut attr = [id, 0u32, 0u32];
+        if bpf(BPF_PROG_GET_NEXT_ID, attr.as_mut_ptr().cast(), 12) != 0 {
+            if errno() == libc::ENOENT {
+                return Ok(stats);
+            }
+            anyhow::bail!("BPF_PROG_GET_NEXT_ID: {}", errno_name(errno()));
+        }
+        id = attr[1];
+        // prog_id, next_id, open_flags.
+        let mut attr = [id, 0u32, 0u32];
+        let fd = bpf(BPF_PROG_GET_FD_BY_ID, attr.as_mut_ptr().cast(), 12);
+        if fd < 0 {
+            // Freed meanwhile.
+            continue;
+        }
+        let mut info = [0u8; 256];
+        // bpf_fd, info_len, info (pointer).
+        let mut attr = [0u8; 16];
+        attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+        attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+        let r = bpf(BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), attr.len());
+        // SAFETY: closing the fd just obtained.
+        unsafe { libc::close(fd as i32) };
+        if r != 0 {
+            anyhow::bail!("BPF_OBJ_GET_INFO_BY_FD: {}", errno_name(errno()));
+        }
+        let u64_at = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().expect("8 bytes"));
+        let name = &info[NAME..NAME + 16];
+        let len = name.iter().position(|&b| b == 0).unwrap_or(16);
+        stats.push(ProgramStats {
+            id,
+            name: String::from_utf8_lossy(&name[..len]).into_owned(),
+            run_cnt: u64_at(RUN_CNT),
+            run_time_ns: u64_at(RUN_TIME_NS),
+        });
+    }
+}

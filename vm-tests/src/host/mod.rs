@@ -1,5 +1,6 @@
 //! The host side: builds the initramfs, boots the kernel matrix, reports.
 
+pub mod bench;
 pub mod initramfs;
 pub mod qemu;
 pub mod report;
@@ -138,10 +139,18 @@ impl Drop for Scratch {
     }
 }
 
-fn build_initramfs(bins: &Binaries, scratch: &Scratch) -> Result<PathBuf> {
+/// The initramfs with `vm-guest`, the daemon binaries found, busybox and `extra` (host
+/// file, name under /bin).
+fn build_initramfs(
+    bins: &Binaries,
+    scratch: &Scratch,
+    extra: Vec<(PathBuf, &'static str)>,
+) -> Result<PathBuf> {
     let t = Instant::now();
     let out = scratch.0.join("initramfs.cpio.gz");
+    let extra_names: Vec<&str> = extra.iter().map(|(_, n)| *n).collect();
     let mut binaries = vec![(bins.guest.clone(), "vm-guest")];
+    binaries.extend(extra);
     if let Some(d) = &bins.daemon {
         binaries.push((d.clone(), "enforcerd"));
     }
@@ -151,7 +160,7 @@ fn build_initramfs(bins: &Binaries, scratch: &Scratch) -> Result<PathBuf> {
     initramfs::build(Path::new(BUSYBOX), binaries, &out).context("building the initramfs")?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
-        "initramfs: {:.1} MB in {:.1} s (vm-guest, {}{}, busybox)",
+        "initramfs: {:.1} MB in {:.1} s (vm-guest, {}{}, busybox{})",
         size as f64 / 1e6,
         t.elapsed().as_secs_f64(),
         if bins.daemon.is_some() {
@@ -163,7 +172,11 @@ fn build_initramfs(bins: &Binaries, scratch: &Scratch) -> Result<PathBuf> {
             ", enforcerd-previous"
         } else {
             ""
-        }
+        },
+        extra_names
+            .iter()
+            .map(|n| format!(", {n}"))
+            .collect::<String>()
     );
     Ok(out)
 }
@@ -191,7 +204,7 @@ pub fn test(opts: &Options) -> Result<bool> {
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
     let scratch = Scratch::new()?;
-    let initrd = build_initramfs(&bins, &scratch)?;
+    let initrd = build_initramfs(&bins, &scratch, vec![])?;
 
     let mut append = vec!["enforcerd.mode=test".to_owned()];
     if !opts.scenarios.is_empty() {
@@ -226,6 +239,7 @@ pub fn test(opts: &Options) -> Result<bool> {
                         timeout: opts.timeout,
                         log_path: opts.log_dir.join(format!("{name}.log")),
                         memory_mb: opts.memory_mb,
+                        qemu_args: vec![],
                     };
                     let report = qemu::run(&spec, &names, progress(&name));
                     println!(
@@ -296,7 +310,7 @@ pub fn demo(opts: &Options) -> Result<bool> {
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
     let scratch = Scratch::new()?;
-    let initrd = build_initramfs(&bins, &scratch)?;
+    let initrd = build_initramfs(&bins, &scratch, vec![])?;
     let spec = qemu::VmSpec {
         name: name.clone(),
         kernel: path,
@@ -305,6 +319,7 @@ pub fn demo(opts: &Options) -> Result<bool> {
         timeout: opts.timeout,
         log_path: opts.log_dir.join(format!("demo-{name}.log")),
         memory_mb: opts.memory_mb,
+        qemu_args: vec![],
     };
     println!("booting {name} under QEMU (software emulation: allow ~10 s)...\n");
     // Firmware chatter before /init starts stays in the log only.

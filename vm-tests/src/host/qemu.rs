@@ -27,6 +27,8 @@ pub struct VmSpec {
     pub timeout: Duration,
     pub log_path: PathBuf,
     pub memory_mb: u32,
+    /// More QEMU arguments (`-icount ...` for benchmark boots).
+    pub qemu_args: Vec<String>,
 }
 
 impl VmSpec {
@@ -54,7 +56,8 @@ impl VmSpec {
         .arg("-initrd")
         .arg(&self.initrd)
         .arg("-append")
-        .arg(append);
+        .arg(append)
+        .args(&self.qemu_args);
         cmd
     }
 }

@@ -206,6 +206,8 @@ impl Collector {
                         .push(failure(&self.kernel, r, context, self.line_no));
                 }
             }
+            // Figures, not verdicts: `vm-tests bench` collects them from the line callback.
+            Event::Bench(_) | Event::BenchProgram(_) => {}
             Event::Done(status) => {
                 self.report.done = Some(status.clone());
                 self.remember(text.to_owned());

@@ -244,6 +244,7 @@ pub fn package(opts: &PackageOptions) -> Result<bool> {
         timeout: opts.timeout,
         log_path: opts.log_dir.join(format!("package-{name}.log")),
         memory_mb: opts.memory_mb,
+        qemu_args: vec![],
     };
     println!("booting {name} with systemd as init (software emulation: allow a few minutes)...");
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

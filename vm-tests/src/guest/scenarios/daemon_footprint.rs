@@ -21,20 +21,16 @@ pub fn footprint_with_100_profiles(ctx: &mut Ctx) -> Result<()> {
     let mut cgroups = Vec::new();
     for i in 0..PROFILES {
         let cg = Cgroup::create(&format!("/footprint/w{i:03}"))?;
-        let body = format!(
-            "  exec:\n    default: deny\n    allow: [/bin/, /usr/bin/, /opt/app{i}/]\n\
-             \x20 files:\n    default: allow\n    rules:\n\
-             \x20     - {{path: /srv/footprint/, access: [read, write], action: deny}}\n\
-             \x20     - {{path: /etc/app{i}/, access: [write], action: deny}}\n\
-             \x20     - {{path: /var/lib/app{i}/, access: [read, write], action: allow}}\n\
-             \x20 network:\n    connect:\n      default: deny\n      allow:\n\
-             \x20       - {{cidr: 10.{i}.0.0/16, ports: [5432], protocol: tcp}}\n\
-             \x20       - {{cidr: 127.0.0.0/8, ports: [8080], protocol: tcp}}\n"
-        );
         fixtures::write_profile(
             &dir,
             &format!("w{i:03}.yaml"),
-            &fixtures::profile(&format!("w{i:03}"), &cg.rel, "enforce", "deny", &body),
+            &fixtures::profile(
+                &format!("w{i:03}"),
+                &cg.rel,
+                "enforce",
+                "deny",
+                &fixtures::service_profile_body(i),
+            ),
         )?;
         cgroups.push(cg);
     }

@@ -330,6 +330,10 @@ pub mod globals {
     pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
     pub const CGROUP_ROOT_HIERARCHY_ID: &str = "OFF_CGROUP_ROOT_HIERARCHY_ID";
     pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
+    pub const TASK_FS: &str = "OFF_TASK_FS";
+    pub const FS_STRUCT_ROOT: &str = "OFF_FS_STRUCT_ROOT";
+    pub const QSTR_HASH_LEN: &str = "OFF_QSTR_HASH_LEN";
+    pub const INODE_I_MODE: &str = "OFF_INODE_I_MODE";
 }
 
 /// Names of the maps, as the BPF object defines them.
@@ -345,6 +349,8 @@ pub mod maps {
     pub const PENDING_CGROUPS: &str = "PENDING_CGROUPS";
     pub const RESOLVED_CGROUPS: &str = "RESOLVED_CGROUPS";
     pub const GOVERNANCE_GENERATION: &str = "GOVERNANCE_GENERATION";
+    pub const FILE_VERDICTS: &str = "FILE_VERDICTS";
+    pub const PATHS_GENERATION: &str = "PATHS_GENERATION";
 }
 
 /// Map capacities. The tries allocate on insert, so a large maximum costs nothing until used.
@@ -363,6 +369,9 @@ pub mod capacity {
     /// Cgroups whose governing profile the programs remember (least recently used ones are
     /// forgotten, and resolved again when next seen).
     pub const RESOLVED_CGROUPS: u32 = 16_384;
+    /// Files whose allowed file-rule lookup the `file_open` program remembers (see
+    /// `FILE_VERDICTS`; least recently used ones are forgotten).
+    pub const FILE_VERDICTS: u32 = 65_536;
 }
 
 const _: () = {

@@ -10,6 +10,7 @@
 
 mod cgroups;
 mod decide;
+mod file_verdicts;
 mod maps;
 mod offsets;
 mod programs;

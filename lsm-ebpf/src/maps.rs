@@ -37,6 +37,32 @@ pub struct ResolvedCgroup {
 #[map]
 pub static GOVERNANCE_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Dentry address -> an allowed `file_open` lookup result and what it depended on (see
+/// `file_verdicts`).
+#[map]
+pub static FILE_VERDICTS: LruHashMap<u64, CachedFileVerdict> =
+    LruHashMap::with_max_entries(capacity::FILE_VERDICTS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedFileVerdict {
+    pub paths_generation: u64,
+    pub root_dentry: u64,
+    pub mnt: u64,
+    pub parent: u64,
+    pub hash_len: u64,
+    pub inode: u64,
+    pub ino: u64,
+    pub profile_id: u32,
+    /// `FILE_RULES`' answer: read verdict | write verdict << 8; 0 = no rule (the defaults).
+    pub found: u16,
+    pub _pad: u16,
+}
+
+/// Incremented by the programs whenever a path may have changed (see `file_verdicts`).
+#[map]
+pub static PATHS_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Profile id -> settings.
 #[map]
 pub static PROFILES: HashMap<u32, ProfileConfig> = HashMap::with_max_entries(capacity::PROFILES, 0);

@@ -62,6 +62,15 @@ static OFF_CGROUP_ROOT_HIERARCHY_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u64 = 0;
 
+#[unsafe(no_mangle)]
+static OFF_TASK_FS: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_FS_STRUCT_ROOT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_QSTR_HASH_LEN: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_INODE_I_MODE: u64 = 0;
+
 /// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
 #[unsafe(no_mangle)]
 static AGG_WINDOW_NS: u64 = 0;
@@ -182,4 +191,20 @@ pub fn kernfs_node_id() -> usize {
 #[inline(always)]
 pub fn cgroup_level() -> usize {
     unsafe { read_volatile(&OFF_CGROUP_LEVEL) as usize }
+}
+#[inline(always)]
+pub fn task_fs() -> usize {
+    unsafe { read_volatile(&OFF_TASK_FS) as usize }
+}
+#[inline(always)]
+pub fn fs_struct_root() -> usize {
+    unsafe { read_volatile(&OFF_FS_STRUCT_ROOT) as usize }
+}
+#[inline(always)]
+pub fn qstr_hash_len() -> usize {
+    unsafe { read_volatile(&OFF_QSTR_HASH_LEN) as usize }
+}
+#[inline(always)]
+pub fn inode_i_mode() -> usize {
+    unsafe { read_volatile(&OFF_INODE_I_MODE) as usize }
 }

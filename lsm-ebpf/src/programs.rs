@@ -12,13 +12,14 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use enforcerd_common::{
-    NetKey, NetRule, PATH_BUF_BYTES, PathKey, RULE_PATH_BYTES, access, family, hook, protocol,
-    reason, verdict as v,
+    NetKey, NetRule, PATH_BUF_BYTES, PathKey, RULE_PATH_BYTES, access, counter, family, hook,
+    protocol, reason, verdict as v,
 };
 
 use crate::{
-    decide::{Detail, Governed, governing_profile, verdict},
-    maps::{EXEC_RULES, FILE_RULES, NET_RULES, PathScratch, SCRATCH},
+    decide::{Detail, Governed, count, governing_profile, verdict},
+    file_verdicts::{opened_path, paths_generation, remember, remembered},
+    maps::{CachedFileVerdict, EXEC_RULES, FILE_RULES, NET_RULES, PathScratch, SCRATCH},
     offsets,
 };
 
@@ -94,6 +95,27 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if fmode & FMODE_WRITE != 0 {
         detail.access |= access::WRITE;
     }
+    // A file this profile was allowed to open by the same path before: no path resolution.
+    let mut seen = CachedFileVerdict {
+        paths_generation: paths_generation(),
+        root_dentry: 0,
+        mnt: 0,
+        parent: 0,
+        hash_len: 0,
+        inode: 0,
+        ino: 0,
+        profile_id: governed.profile_id,
+        found: 0,
+        _pad: 0,
+    };
+    let dentry = opened_path(file, &mut seen);
+    if dentry != 0
+        && let Some(found) = remembered(dentry, &seen)
+        && !file_denied(&governed, found, detail.access)
+    {
+        count(hook::FILE, counter::ALLOWED);
+        return 0;
+    }
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     // Both verdicts in one value (read in the low byte), 0 = no rule.
     let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
@@ -102,22 +124,37 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             .map_or(0, |r| u16::from(r.read) | (u16::from(r.write) << 8))
     }) {
         Some(found) => {
-            let (read, write) = if found == 0 {
-                detail.reason = reason::DEFAULT;
-                (
-                    governed.config.file_read_default,
-                    governed.config.file_write_default,
-                )
+            detail.reason = if found == 0 {
+                reason::DEFAULT
             } else {
-                detail.reason = reason::RULE;
-                (found as u8, (found >> 8) as u8)
+                reason::RULE
             };
-            (detail.access & access::READ != 0 && read != v::ALLOW)
-                || (detail.access & access::WRITE != 0 && write != v::ALLOW)
+            let denied = file_denied(&governed, found, detail.access);
+            if !denied && dentry != 0 {
+                seen.found = found;
+                remember(dentry, &seen);
+            }
+            denied
         }
         None => true,
     };
     verdict(&governed, denied, &detail)
+}
+
+/// Whether the profile refuses `access` given the file rule found (read verdict | write
+/// verdict << 8; 0 for none, which means the profile's defaults).
+#[inline(always)]
+fn file_denied(governed: &Governed, found: u16, access: u8) -> bool {
+    let (read, write) = if found == 0 {
+        (
+            governed.config.file_read_default,
+            governed.config.file_write_default,
+        )
+    } else {
+        (found as u8, (found >> 8) as u8)
+    };
+    (access & access::READ != 0 && read != v::ALLOW)
+        || (access & access::WRITE != 0 && write != v::ALLOW)
 }
 
 /// How often a path lookup is retried when another task's program run overwrote the scratch

@@ -27,6 +27,12 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "denied reads, read-only subtrees, longest rule wins, symlinks, ungoverned reads",
     },
     Scenario {
+        name: "remembered_file_verdicts",
+        needs_daemon: true,
+        about: "allowed opens remembered per file are forgotten when a rename, unlink, another \
+                root or a reload changes the answer",
+    },
+    Scenario {
         name: "connect",
         needs_daemon: true,
         about: "CIDR/port/protocol rules for IPv4, IPv6 and IPv4-mapped IPv6; deny rules",

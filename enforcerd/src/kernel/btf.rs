@@ -49,6 +49,10 @@ pub struct Offsets {
     pub cgroup_level: u64,
     pub cgroup_root_hierarchy_id: u64,
     pub kernfs_node_id: u64,
+    pub task_fs: u64,
+    pub fs_struct_root: u64,
+    pub qstr_hash_len: u64,
+    pub inode_i_mode: u64,
 }
 
 impl Offsets {
@@ -86,11 +90,15 @@ impl Offsets {
             cgroup_level: member_offset(&btf, "cgroup", "level")?,
             cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
             kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
+            task_fs: member_offset(&btf, "task_struct", "fs")?,
+            fs_struct_root: member_offset(&btf, "fs_struct", "root")?,
+            qstr_hash_len: member_offset(&btf, "qstr", "hash_len")?,
+            inode_i_mode: member_offset(&btf, "inode", "i_mode")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 28] {
+    pub fn globals(&self) -> [(&'static str, u64); 32] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -121,6 +129,10 @@ impl Offsets {
             (g::CGROUP_LEVEL, self.cgroup_level),
             (g::CGROUP_ROOT_HIERARCHY_ID, self.cgroup_root_hierarchy_id),
             (g::KERNFS_NODE_ID, self.kernfs_node_id),
+            (g::TASK_FS, self.task_fs),
+            (g::FS_STRUCT_ROOT, self.fs_struct_root),
+            (g::QSTR_HASH_LEN, self.qstr_hash_len),
+            (g::INODE_I_MODE, self.inode_i_mode),
         ]
     }
 }
@@ -191,6 +203,8 @@ mod tests {
         // struct path is { mnt, dentry }; qstr's name follows its hash and len.
         assert_eq!((o.path_mnt, o.path_dentry), (0, 8), "{o:?}");
         assert_eq!((o.qstr_len, o.qstr_name), (4, 8), "{o:?}");
+        // hash_len overlays hash and len.
+        assert_eq!(o.qstr_hash_len, 0, "{o:?}");
     }
 
     #[test]

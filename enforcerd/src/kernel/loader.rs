@@ -36,10 +36,15 @@ pub const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// (program name in the object, LSM hook).
-pub const PROGRAMS: [(&str, &str); 3] = [
+pub const PROGRAMS: [(&str, &str); 7] = [
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
+    // Keep file_open's remembered verdicts true to the paths (see lsm-ebpf's file_verdicts).
+    ("inode_rename", "inode_rename"),
+    ("inode_unlink", "inode_unlink"),
+    ("inode_rmdir", "inode_rmdir"),
+    ("d_instantiate", "d_instantiate"),
 ];
 
 #[derive(Debug, thiserror::Error)]

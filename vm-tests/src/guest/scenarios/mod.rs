@@ -17,6 +17,7 @@ mod kill_on_violation;
 mod kubernetes_pods;
 mod live_reload_without_gap;
 mod nested_cgroups_and_namespaces;
+mod remembered_file_verdicts;
 mod restart_without_gap;
 mod signed_profiles;
 mod status_and_permissions;
@@ -30,6 +31,9 @@ pub fn run(name: &str, ctx: &mut Ctx) -> Result<()> {
         "environment" => environment::vm_provides_bpf_lsm_btf_cgroup2_and_loopback(ctx),
         "exec_allowlist" => exec_allowlist::exec_is_decided_on_the_file_the_kernel_runs(ctx),
         "files" => files::file_rules_follow_resolved_paths_and_longest_match(ctx),
+        "remembered_file_verdicts" => {
+            remembered_file_verdicts::remembered_verdicts_follow_paths_and_rules(ctx)
+        }
         "connect" => connect::connect_rules_match_cidr_port_and_protocol(ctx),
         "kill_on_violation" => kill_on_violation::offender_is_killed_and_action_never_happens(ctx),
         "audit_mode" => audit_mode::audit_blocks_nothing_and_reports_every_would_be_denial(ctx),

@@ -192,16 +192,21 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
     );
     ctx.check(
         "status_shows_every_program_attached",
-        attached == 5
+        attached == 9
             && hooks
                 == [
                     "bprm_check_security",
+                    "d_instantiate",
                     "file_open",
+                    "inode_rename",
+                    "inode_rmdir",
+                    "inode_unlink",
                     "socket_connect",
                     "tracepoint/cgroup_mkdir",
                     "tracepoint/cgroup_rmdir",
                 ],
-        "5 programs, all attached: exec, file open, connect, cgroup mkdir and rmdir",
+        "9 programs, all attached: exec, file open, connect, the four that keep file_open's \
+         remembered verdicts true, cgroup mkdir and rmdir",
         format!(
             "{} programs, {attached} attached: {}",
             programs.len(),

@@ -17,7 +17,7 @@
 //!
 //! Denials are never answered from here: they take the full path, whose record carries it.
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
     macros::lsm,
     programs::LsmContext,
 };
@@ -52,47 +52,41 @@ fn bump_paths_generation() {
 
 /// Fills `out` with what identifies the path `file` was opened by (all but the generation,
 /// profile and result) and returns the dentry, the cache key; 0 when the file cannot be
-/// remembered (not on the task's root mount, or a read failed).
+/// remembered (not on the task's root mount).
+///
+/// Plain loads through the kernel's typed pointers (`file`, the current task from
+/// `bpf_get_current_task_btf`, and what the verifier derives from them) rather than
+/// `bpf_probe_read_kernel`: this runs on every governed open, and the helper costs about as
+/// much as the lookup it saves.
 #[inline(always)]
 pub fn opened_path(file: *const u8, out: &mut CachedFileVerdict) -> u64 {
-    let read = |at: *const u8| unsafe { bpf_probe_read_kernel(at as *const u64) };
-    let f_path = unsafe { file.add(offsets::file_f_path()) };
-    let (Ok(mnt), Ok(dentry), Ok(inode)) = (
-        read(unsafe { f_path.add(offsets::path_mnt()) }),
-        read(unsafe { f_path.add(offsets::path_dentry()) }),
-        read(unsafe { file.add(offsets::file_f_inode()) }),
-    ) else {
-        return 0;
-    };
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(fs) = read(unsafe { task.add(offsets::task_fs()) }) else {
-        return 0;
-    };
-    let root = fs as *const u8;
-    let (Ok(root_mnt), Ok(root_dentry)) = (
-        read(unsafe { root.add(offsets::fs_struct_root() + offsets::path_mnt()) }),
-        read(unsafe { root.add(offsets::fs_struct_root() + offsets::path_dentry()) }),
-    ) else {
-        return 0;
-    };
-    if root_mnt != mnt || dentry == 0 {
-        return 0;
+    unsafe {
+        let f_path = file.add(offsets::file_f_path());
+        let mnt = *(f_path.add(offsets::path_mnt()) as *const u64);
+        let dentry = *(f_path.add(offsets::path_dentry()) as *const *const u8);
+        let inode = *(file.add(offsets::file_f_inode()) as *const *const u8);
+        let task = bpf_get_current_task_btf() as *const u8;
+        let fs = *(task.add(offsets::task_fs()) as *const *const u8);
+        if fs.is_null() || dentry.is_null() || inode.is_null() {
+            return 0;
+        }
+        let root = fs.add(offsets::fs_struct_root());
+        let root_mnt = *(root.add(offsets::path_mnt()) as *const u64);
+        if root_mnt != mnt {
+            return 0;
+        }
+        let name = dentry.add(offsets::dentry_d_name());
+        // The name's hash and length, read as the two u32s they are.
+        let hash = *(name.add(offsets::qstr_hash_len()) as *const u32);
+        let len = *(name.add(offsets::qstr_len()) as *const u32);
+        out.root_dentry = *(root.add(offsets::path_dentry()) as *const u64);
+        out.mnt = mnt;
+        out.parent = *(dentry.add(offsets::dentry_d_parent()) as *const u64);
+        out.hash_len = (u64::from(len) << 32) | u64::from(hash);
+        out.inode = inode as u64;
+        out.ino = *(inode.add(offsets::inode_i_ino()) as *const u64);
+        dentry as u64
     }
-    let d = dentry as *const u8;
-    let (Ok(parent), Ok(hash_len), Ok(ino)) = (
-        read(unsafe { d.add(offsets::dentry_d_parent()) }),
-        read(unsafe { d.add(offsets::dentry_d_name() + offsets::qstr_hash_len()) }),
-        read(unsafe { (inode as *const u8).add(offsets::inode_i_ino()) }),
-    ) else {
-        return 0;
-    };
-    out.root_dentry = root_dentry;
-    out.mnt = mnt;
-    out.parent = parent;
-    out.hash_len = hash_len;
-    out.inode = inode;
-    out.ino = ino;
-    dentry
 }
 
 /// The remembered lookup result for this open, if there is one that still holds.

@@ -330,6 +330,10 @@ pub mod globals {
     pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
     pub const CGROUP_ROOT_HIERARCHY_ID: &str = "OFF_CGROUP_ROOT_HIERARCHY_ID";
     pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
+    pub const MSGHDR_MSG_NAME: &str = "OFF_MSGHDR_MSG_NAME";
+    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+    /// `sock.__sk_common.skc_family`, from the start of `struct sock`.
+    pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
 }
 
 /// Names of the maps, as the BPF object defines them.

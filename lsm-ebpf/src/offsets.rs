@@ -61,6 +61,12 @@ static OFF_CGROUP_LEVEL: u64 = 0;
 static OFF_CGROUP_ROOT_HIERARCHY_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MSGHDR_MSG_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCKET_SK: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_FAMILY: u64 = 0;
 
 /// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
 #[unsafe(no_mangle)]
@@ -182,4 +188,16 @@ pub fn kernfs_node_id() -> usize {
 #[inline(always)]
 pub fn cgroup_level() -> usize {
     unsafe { read_volatile(&OFF_CGROUP_LEVEL) as usize }
+}
+#[inline(always)]
+pub fn msghdr_msg_name() -> usize {
+    unsafe { read_volatile(&OFF_MSGHDR_MSG_NAME) as usize }
+}
+#[inline(always)]
+pub fn socket_sk() -> usize {
+    unsafe { read_volatile(&OFF_SOCKET_SK) as usize }
+}
+#[inline(always)]
+pub fn sock_family() -> usize {
+    unsafe { read_volatile(&OFF_SOCK_FAMILY) as usize }
 }

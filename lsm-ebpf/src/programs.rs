@@ -1,6 +1,6 @@
-//! The three LSM entry points. Each returns early, before any lookup, for what it does not
-//! govern, respects a denial by an earlier LSM, then decides with one trie lookup (two for
-//! connect: exact port and any port).
+//! The LSM entry points. Each returns early, before any lookup, for what it does not govern,
+//! respects a denial by an earlier LSM, then decides with one trie lookup (two for a network
+//! destination, given to connect or to sendmsg: exact port and any port).
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
@@ -27,6 +27,7 @@ use crate::{
 const FMODE_EXEC_FLAG: u32 = 0x20;
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
+const AF_UNSPEC: u16 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: i16 = 1;
@@ -192,9 +193,65 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     let Ok(sa_family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
         return 0;
     };
+    // AF_UNSPEC here disconnects a socket: no destination.
     if sa_family != AF_INET && sa_family != AF_INET6 {
         return 0;
     }
+    decide_destination(sock, address, sa_family)
+}
+
+/// Sends with a destination address (`sendto`, `sendmsg`, io_uring's send and sendmsg): an
+/// unconnected datagram socket sends without ever calling connect, and TCP Fast Open
+/// (`MSG_FASTOPEN`) connects from inside `sendmsg`. Decided exactly like connect, and reported
+/// as hook "connect". A send without an address (`msg_name` NULL: a connected socket, decided
+/// at connect) returns before the cgroup walk: this is the path of every send.
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let sock: *const u8 = ctx.arg(0);
+    let msg: *const u8 = ctx.arg(1);
+    // A direct load from the hook's typed argument (cannot fail). The kernel has already
+    // copied a user's address into kernel memory here.
+    let address = unsafe { *(msg.add(offsets::msghdr_msg_name()) as *const *const u8) };
+    if address.is_null() {
+        return 0;
+    }
+    let Ok(mut sa_family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
+        return 0;
+    };
+    // An AF_INET socket's UDP and raw sendmsg take an AF_UNSPEC address as an IPv4 one
+    // (udp_sendmsg, raw_sendmsg); an AF_INET6 socket's treat it as "no address".
+    if sa_family == AF_UNSPEC && socket_family(sock) == AF_INET {
+        sa_family = AF_INET;
+    }
+    if sa_family != AF_INET && sa_family != AF_INET6 {
+        return 0;
+    }
+    decide_destination(sock, address, sa_family)
+}
+
+/// `sock->sk->sk_family`, or AF_INET when it cannot be read (then an AF_UNSPEC address is
+/// decided as IPv4 rather than skipped).
+#[inline(always)]
+fn socket_family(sock: *const u8) -> u16 {
+    let Ok(sk) =
+        (unsafe { bpf_probe_read_kernel(sock.add(offsets::socket_sk()) as *const *const u8) })
+    else {
+        return AF_INET;
+    };
+    unsafe { bpf_probe_read_kernel(sk.add(offsets::sock_family()) as *const u16) }
+        .unwrap_or(AF_INET)
+}
+
+/// The connect decision, shared by `socket_connect` and `socket_sendmsg`: the governing
+/// profile, then the `sa_family` (AF_INET or AF_INET6) destination at `address` (a kernel
+/// copy of the caller's sockaddr), port and protocol (from the socket type) against the
+/// profile's network rules: exact port first, then any port; the longer CIDR wins.
+#[inline(always)]
+fn decide_destination(sock: *const u8, address: *const u8, sa_family: u16) -> i32 {
     let Some(governed) = governing_profile() else {
         return 0;
     };

@@ -49,6 +49,9 @@ pub struct Offsets {
     pub cgroup_level: u64,
     pub cgroup_root_hierarchy_id: u64,
     pub kernfs_node_id: u64,
+    pub msghdr_msg_name: u64,
+    pub socket_sk: u64,
+    pub sock_family: u64,
 }
 
 impl Offsets {
@@ -86,11 +89,15 @@ impl Offsets {
             cgroup_level: member_offset(&btf, "cgroup", "level")?,
             cgroup_root_hierarchy_id: member_offset(&btf, "cgroup_root", "hierarchy_id")?,
             kernfs_node_id: member_offset(&btf, "kernfs_node", "id")?,
+            msghdr_msg_name: member_offset(&btf, "msghdr", "msg_name")?,
+            socket_sk: member_offset(&btf, "socket", "sk")?,
+            sock_family: member_offset(&btf, "sock", "__sk_common")?
+                + member_offset(&btf, "sock_common", "skc_family")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 28] {
+    pub fn globals(&self) -> [(&'static str, u64); 31] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -121,6 +128,9 @@ impl Offsets {
             (g::CGROUP_LEVEL, self.cgroup_level),
             (g::CGROUP_ROOT_HIERARCHY_ID, self.cgroup_root_hierarchy_id),
             (g::KERNFS_NODE_ID, self.kernfs_node_id),
+            (g::MSGHDR_MSG_NAME, self.msghdr_msg_name),
+            (g::SOCKET_SK, self.socket_sk),
+            (g::SOCK_FAMILY, self.sock_family),
         ]
     }
 }

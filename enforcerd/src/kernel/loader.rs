@@ -36,10 +36,13 @@ pub const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// (program name in the object, LSM hook).
-pub const PROGRAMS: [(&str, &str); 3] = [
+pub const PROGRAMS: [(&str, &str); 4] = [
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
+    // Destinations given to sendto/sendmsg (unconnected datagrams, TCP Fast Open), decided
+    // by the connect rules.
+    ("socket_sendmsg", "socket_sendmsg"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +208,7 @@ impl Enforcer {
         })
     }
 
-    /// Attaches the three programs. Call after the first reconcile, so that the first decision the
+    /// Attaches the LSM programs. Call after the first reconcile, so that the first decision the
     /// programs make already sees every rule.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         for (name, hook) in PROGRAMS {

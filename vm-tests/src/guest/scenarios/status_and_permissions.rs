@@ -192,16 +192,17 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
     );
     ctx.check(
         "status_shows_every_program_attached",
-        attached == 5
+        attached == 6
             && hooks
                 == [
                     "bprm_check_security",
                     "file_open",
                     "socket_connect",
+                    "socket_sendmsg",
                     "tracepoint/cgroup_mkdir",
                     "tracepoint/cgroup_rmdir",
                 ],
-        "5 programs, all attached: exec, file open, connect, cgroup mkdir and rmdir",
+        "6 programs, all attached: exec, file open, connect, sendmsg, cgroup mkdir and rmdir",
         format!(
             "{} programs, {attached} attached: {}",
             programs.len(),

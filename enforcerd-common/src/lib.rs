@@ -334,6 +334,8 @@ pub mod globals {
     pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// `sock.__sk_common.skc_family`, from the start of `struct sock`.
     pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
+    pub const BPRM_BUF: &str = "OFF_BPRM_BUF";
+    pub const MM_SAVED_AUXV: &str = "OFF_MM_SAVED_AUXV";
 }
 
 /// Names of the maps, as the BPF object defines them.
@@ -362,6 +364,9 @@ pub mod capacity {
     /// new targets are reported without aggregation.
     pub const AGGREGATES: u32 = 16_384;
     pub const PENDING_CGROUPS: u32 = 16_384;
+    /// Processes between a governed exec of an ELF without `PT_INTERP` and its first
+    /// executable file mapping (see `EXEC_MARKS`); least recently used entries are evicted.
+    pub const EXEC_MARKS: u32 = 16_384;
 }
 
 const _: () = {

@@ -67,6 +67,10 @@ static OFF_MSGHDR_MSG_NAME: u64 = 0;
 static OFF_SOCKET_SK: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_SOCK_FAMILY: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_BPRM_BUF: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_SAVED_AUXV: u64 = 0;
 
 /// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
 #[unsafe(no_mangle)]
@@ -200,4 +204,12 @@ pub fn socket_sk() -> usize {
 #[inline(always)]
 pub fn sock_family() -> usize {
     unsafe { read_volatile(&OFF_SOCK_FAMILY) as usize }
+}
+#[inline(always)]
+pub fn bprm_buf() -> usize {
+    unsafe { read_volatile(&OFF_BPRM_BUF) as usize }
+}
+#[inline(always)]
+pub fn mm_saved_auxv() -> usize {
+    unsafe { read_volatile(&OFF_MM_SAVED_AUXV) as usize }
 }

@@ -6,7 +6,7 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::{
     bindings::path,
     cty::c_char,
-    helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
     macros::lsm,
     maps::lpm_trie::Key,
     programs::LsmContext,
@@ -18,7 +18,9 @@ use enforcerd_common::{
 
 use crate::{
     decide::{Detail, Governed, governing_profile, verdict},
-    maps::{EXEC_RULES, FILE_RULES, NET_RULES, PathScratch, SCRATCH},
+    maps::{
+        EXEC_MARK_PENDING, EXEC_MARKS, EXEC_RULES, FILE_RULES, NET_RULES, PathScratch, SCRATCH,
+    },
     offsets,
 };
 
@@ -52,10 +54,21 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     // A direct load from the hook's typed argument: the verifier then knows the result is the
     // `struct file *` member, which `bpf_d_path` requires.
     let file = unsafe { *(bprm.add(offsets::bprm_file()) as *const *const u8) };
+    let ret = decide_exec(&governed, file);
+    if ret == 0 {
+        mark_exec(bprm);
+    }
+    ret
+}
+
+/// The exec decision on `file` (a trusted `struct file *`): its resolved path against the
+/// governing profile's exec rules, reported as hook "exec".
+#[inline(always)]
+fn decide_exec(governed: &Governed, file: *const u8) -> i32 {
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     let mut detail = Detail::new(hook::EXEC);
     detail.file = file;
-    let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
+    let denied = match lookup_path(governed, f_path, &mut detail, |key| {
         EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict)
     }) {
         Some(v::NONE) => {
@@ -68,7 +81,111 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         }
         None => true,
     };
-    verdict(&governed, denied, &detail)
+    verdict(governed, denied, &detail)
+}
+
+/// `ET_DYN` in an ELF header's `e_type`: a PIE program, a shared object, or the dynamic
+/// loader itself.
+const ET_DYN: u16 = 3;
+const PROT_EXEC: u64 = 0x4;
+
+/// A governed exec that goes ahead marks its process when the binary is an `ET_DYN` ELF (the
+/// dynamic loader `ld.so` is one; so are PIE programs, whose mark the kernel's mapping of
+/// their ELF interpreter clears again during the exec). Any other binary clears the mark.
+/// The ELF header is in `bprm->buf` (the file's first bytes, read by the kernel).
+#[inline(always)]
+fn mark_exec(bprm: *const u8) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let dynamic =
+        match unsafe { bpf_probe_read_kernel(bprm.add(offsets::bprm_buf()) as *const [u8; 18]) } {
+            Ok(h) => {
+                h[0] == 0x7f
+                    && h[1] == b'E'
+                    && h[2] == b'L'
+                    && h[3] == b'F'
+                    && u16::from_le_bytes([h[16], h[17]]) == ET_DYN
+            }
+            // Cannot tell: mark, so that a loader cannot slip through.
+            Err(_) => true,
+        };
+    if dynamic {
+        let _ = EXEC_MARKS.insert(&tgid, &EXEC_MARK_PENDING, 0);
+    } else {
+        let _ = EXEC_MARKS.remove(&tgid);
+    }
+}
+
+/// `current->mm`, or null if the read fails.
+#[inline(always)]
+fn current_mm() -> *const u8 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe { bpf_probe_read_kernel(task.add(offsets::task_mm()) as *const *const u8) }
+        .unwrap_or(core::ptr::null())
+}
+
+/// Past the exec's point of no return, with the new `mm` in place and nothing mapped yet: a
+/// pending mark is bound to the new image (a mark whose exec failed stays pending and is
+/// ignored). One hash lookup; no cgroup walk.
+#[lsm(hook = "bprm_committed_creds")]
+pub fn bprm_committed_creds(_ctx: LsmContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(mark) = EXEC_MARKS.get_ptr_mut(&tgid) {
+        let mm = current_mm() as u64;
+        unsafe { write_volatile(mark, mm) };
+    }
+    0
+}
+
+/// `ld.so /denied/binary` when the exec allowlist allows the loader: the kernel only execs
+/// `ld.so`, which then maps the program itself with `PROT_EXEC`. For a marked process (see
+/// `mark_exec`) the first executable mapping of a file other than its own executable is
+/// decided as an exec of that file, and the mark is cleared, so the libraries mapped after it
+/// are not. During the exec itself (`mm->saved_auxv` not yet written) that first mapping is
+/// the kernel's mapping of the ELF interpreter of a dynamic program: the mark is cleared
+/// without a decision. Returns before any lookup for mappings without `PROT_EXEC` or without
+/// a file, and after one hash lookup for unmarked processes.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    if file.is_null() || prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mark = match unsafe { EXEC_MARKS.get(&tgid) } {
+        Some(m) => *m,
+        None => return 0,
+    };
+    if mark == EXEC_MARK_PENDING {
+        return 0;
+    }
+    let mm = current_mm();
+    if mm as u64 != mark {
+        // Left by an earlier process with this tgid.
+        let _ = EXEC_MARKS.remove(&tgid);
+        return 0;
+    }
+    let exe = unsafe { bpf_probe_read_kernel(mm.add(offsets::mm_exe_file()) as *const *const u8) }
+        .unwrap_or(core::ptr::null());
+    if file == exe {
+        // The kernel mapping the executable itself.
+        return 0;
+    }
+    let _ = EXEC_MARKS.remove(&tgid);
+    // A failed read counts as "exec finished": decided, never skipped.
+    let auxv = unsafe { bpf_probe_read_kernel(mm.add(offsets::mm_saved_auxv()) as *const u64) }
+        .unwrap_or(u64::MAX);
+    if auxv == 0 {
+        return 0;
+    }
+    let Some(governed) = governing_profile() else {
+        return 0;
+    };
+    decide_exec(&governed, file)
 }
 
 /// Files: the resolved path and the access (read/write) from the open mode.

@@ -52,6 +52,8 @@ pub struct Offsets {
     pub msghdr_msg_name: u64,
     pub socket_sk: u64,
     pub sock_family: u64,
+    pub bprm_buf: u64,
+    pub mm_saved_auxv: u64,
 }
 
 impl Offsets {
@@ -93,11 +95,13 @@ impl Offsets {
             socket_sk: member_offset(&btf, "socket", "sk")?,
             sock_family: member_offset(&btf, "sock", "__sk_common")?
                 + member_offset(&btf, "sock_common", "skc_family")?,
+            bprm_buf: member_offset(&btf, "linux_binprm", "buf")?,
+            mm_saved_auxv: member_offset(&btf, "mm_struct", "saved_auxv")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 31] {
+    pub fn globals(&self) -> [(&'static str, u64); 33] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -131,6 +135,8 @@ impl Offsets {
             (g::MSGHDR_MSG_NAME, self.msghdr_msg_name),
             (g::SOCKET_SK, self.socket_sk),
             (g::SOCK_FAMILY, self.sock_family),
+            (g::BPRM_BUF, self.bprm_buf),
+            (g::MM_SAVED_AUXV, self.mm_saved_auxv),
         ]
     }
 }
@@ -201,6 +207,10 @@ mod tests {
         // struct path is { mnt, dentry }; qstr's name follows its hash and len.
         assert_eq!((o.path_mnt, o.path_dentry), (0, 8), "{o:?}");
         assert_eq!((o.qstr_len, o.qstr_name), (4, 8), "{o:?}");
+        // The ELF header buffer and the auxiliary vector are arrays well inside their structs;
+        // sk_family is in the sock_common at the start of struct sock.
+        assert!(o.bprm_buf < 512 && o.mm_saved_auxv > 0, "{o:?}");
+        assert!(o.msghdr_msg_name < 64 && o.sock_family < 64, "{o:?}");
     }
 
     #[test]

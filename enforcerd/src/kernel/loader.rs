@@ -36,13 +36,18 @@ pub const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// (program name in the object, LSM hook).
-pub const PROGRAMS: [(&str, &str); 4] = [
+pub const PROGRAMS: [(&str, &str); 6] = [
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
     // Destinations given to sendto/sendmsg (unconnected datagrams, TCP Fast Open), decided
     // by the connect rules.
     ("socket_sendmsg", "socket_sendmsg"),
+    // `ld.so /denied/binary` with the loader allowed: the program ld.so maps is decided as an
+    // exec (the exec hook marks the process, the exec's commit binds the mark to the new
+    // image, the first executable mapping consumes it).
+    ("bprm_committed_creds", "bprm_committed_creds"),
+    ("mmap_file", "mmap_file"),
 ];
 
 #[derive(Debug, thiserror::Error)]

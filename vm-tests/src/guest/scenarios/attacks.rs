@@ -23,6 +23,14 @@ use std::time::Duration;
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// A copy of the (dynamically linked) daemon binary at a path no allowlist names.
 const DENIED_DYNAMIC: &str = "/opt/denied/dynamic-binary";
+/// The same copy in the allowed directory.
+const ALLOWED_DYNAMIC: &str = "/opt/allowed/dynamic-binary";
+/// What ld.so exits with when it cannot load the program it was asked to run.
+const LOADER_FAILED: i32 = 127;
+/// The C library the initramfs carries for the daemon binary.
+const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+/// A copy of it in the allowed directory: an executable mapping the exec rules allow.
+const ALLOWED_LIB: &str = "/opt/allowed/libc-copy.so";
 
 /// Governed cgroups of one scenario: `/attack_<name>` (enforce) and `/attack_<name>_audit`
 /// (the same rules in `mode: audit`).
@@ -77,9 +85,23 @@ fn audited_where(
     what: &str,
     accept: impl Fn(&Value) -> bool,
 ) {
+    reported(ctx, check, run, hook, "audit", what, accept);
+}
+
+/// Checks that the daemon reported a `decision` of `hook` that `accept` accepts, for the
+/// process `run` (when given).
+fn reported(
+    ctx: &mut Ctx,
+    check: &str,
+    run: Option<&Run>,
+    hook: &str,
+    decision: &str,
+    what: &str,
+    accept: impl Fn(&Value) -> bool,
+) {
     let pid = run.map(|r| i64::from(r.pid));
     let mut expected =
-        format!("a decision line with hook={hook:?} decision=\"audit\" target {what}");
+        format!("a decision line with hook={hook:?} decision={decision:?} target {what}");
     if let Some(p) = pid {
         expected.push_str(&format!(" pid={p}"));
     }
@@ -89,7 +111,7 @@ fn audited_where(
     };
     let matches = |v: &Value| {
         v["hook"] == hook
-            && v["decision"] == "audit"
+            && v["decision"] == decision
             && accept(v)
             && pid.is_none_or(|p| v["pid"].as_i64() == Some(p))
     };
@@ -123,6 +145,9 @@ fn args(v: &[&str]) -> (Vec<std::ffi::CString>, Vec<*const libc::c_char>) {
 pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
     std::fs::create_dir_all("/opt/denied")?;
     std::fs::copy(ENFORCERD, DENIED_DYNAMIC).context("copying the daemon binary")?;
+    std::fs::create_dir_all(ALLOWED_DIR)?;
+    std::fs::copy(ENFORCERD, ALLOWED_DYNAMIC).context("copying the daemon binary")?;
+    std::fs::copy(LIBC, ALLOWED_LIB).with_context(|| format!("copying {LIBC}"))?;
     let loader_real = std::fs::canonicalize(LOADER)
         .with_context(|| format!("resolving {LOADER}"))?
         .to_string_lossy()
@@ -144,6 +169,16 @@ pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
         &Exec::path(DENIED_DYNAMIC, &["x", "--version"]),
     );
     ctx.expect("denied_dynamic_binary_denied", &Outcome::EPERM, &r);
+    // The kernel maps an allowed program's ELF interpreter without an exec check.
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(ALLOWED_DYNAMIC, &["x", "--version"]),
+    );
+    ctx.expect(
+        "allowed_dynamic_binary_runs_with_loader_not_allowed",
+        &Outcome::Exited(0),
+        &r,
+    );
     let r = ctx.exec(Some(&cg.enforce), &via_loader);
     ctx.expect("loader_not_allowed_exec_denied", &Outcome::EPERM, &r);
 
@@ -176,11 +211,74 @@ pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
         &Outcome::EPERM,
         &r,
     );
+    // ld.so maps the program itself: that first executable mapping is decided as its exec.
+    // The mmap fails with EPERM; ld.so reports it and exits 127.
     let r = ctx.exec(Some(&cg.enforce), &via_loader);
     ctx.expect(
-        "known_gap_allowed_loader_runs_denied_binary",
+        "allowed_loader_running_denied_binary_fails",
+        &Outcome::Exited(LOADER_FAILED),
+        &r,
+    );
+    reported(
+        ctx,
+        "allowed_loader_running_denied_binary_reported_as_exec_deny",
+        Some(&r),
+        "exec",
+        "deny",
+        DENIED_DYNAMIC,
+        |v| v["target"] == DENIED_DYNAMIC,
+    );
+    // A library the exec rules allow, preloaded: ld.so maps the program before any preload,
+    // so the program's mapping is still the one decided.
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(
+            LOADER,
+            &[
+                "ld.so",
+                "--preload",
+                ALLOWED_LIB,
+                DENIED_DYNAMIC,
+                "--version",
+            ],
+        ),
+    );
+    ctx.expect(
+        "allowed_loader_with_allowed_preload_running_denied_binary_fails",
+        &Outcome::Exited(LOADER_FAILED),
+        &r,
+    );
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(LOADER, &["ld.so", ALLOWED_DYNAMIC, "--version"]),
+    );
+    ctx.expect(
+        "allowed_loader_running_allowed_binary_runs",
         &Outcome::Exited(0),
         &r,
+    );
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(ALLOWED_DYNAMIC, &["x", "--version"]),
+    );
+    ctx.expect(
+        "allowed_dynamic_binary_runs_with_loader_allowed",
+        &Outcome::Exited(0),
+        &r,
+    );
+    let r = ctx.exec(Some(&cg.audit), &via_loader);
+    ctx.expect(
+        "audit_allowed_loader_runs_denied_binary",
+        &Outcome::Exited(0),
+        &r,
+    );
+    audited(
+        ctx,
+        "audit_allowed_loader_running_denied_binary_reported",
+        Some(&r),
+        "exec",
+        DENIED_DYNAMIC,
+        |t| t == DENIED_DYNAMIC,
     );
     ctx.stop_daemon("daemon_with_loader_allowed_stops_on_sigterm");
     Ok(())

@@ -145,13 +145,15 @@ fn pinned_generation(ctx: &mut Ctx, which: &str) -> Result<PathBuf> {
         "file_open",
         "socket_connect",
         "socket_sendmsg",
+        "bprm_committed_creds",
+        "mmap_file",
     ]
     .map(|l| generation.join(format!("link_{l}")));
     let ok = generation.starts_with(PIN_ROOT) && links.iter().all(|l| l.exists());
     ctx.check(
         &format!("pinned_{}", which.replace(' ', "_")),
         ok,
-        format!("status names a generation under {PIN_ROOT} holding the four LSM links"),
+        format!("status names a generation under {PIN_ROOT} holding the LSM links"),
         generation.display().to_string(),
         None,
     );

@@ -192,17 +192,20 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
     );
     ctx.check(
         "status_shows_every_program_attached",
-        attached == 6
+        attached == 8
             && hooks
                 == [
                     "bprm_check_security",
+                    "bprm_committed_creds",
                     "file_open",
+                    "mmap_file",
                     "socket_connect",
                     "socket_sendmsg",
                     "tracepoint/cgroup_mkdir",
                     "tracepoint/cgroup_rmdir",
                 ],
-        "6 programs, all attached: exec, file open, connect, sendmsg, cgroup mkdir and rmdir",
+        "8 programs, all attached: exec, file open, connect, sendmsg, exec commit, mmap, \
+         cgroup mkdir and rmdir",
         format!(
             "{} programs, {attached} attached: {}",
             programs.len(),

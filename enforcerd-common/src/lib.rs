@@ -334,6 +334,12 @@ pub mod globals {
     pub const FS_STRUCT_ROOT: &str = "OFF_FS_STRUCT_ROOT";
     pub const QSTR_HASH_LEN: &str = "OFF_QSTR_HASH_LEN";
     pub const INODE_I_MODE: &str = "OFF_INODE_I_MODE";
+    pub const MSGHDR_MSG_NAME: &str = "OFF_MSGHDR_MSG_NAME";
+    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+    /// `sock.__sk_common.skc_family`, from the start of `struct sock`.
+    pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
+    pub const BPRM_BUF: &str = "OFF_BPRM_BUF";
+    pub const MM_SAVED_AUXV: &str = "OFF_MM_SAVED_AUXV";
 }
 
 /// Names of the maps, as the BPF object defines them.
@@ -372,6 +378,9 @@ pub mod capacity {
     /// Files whose allowed file-rule lookup the `file_open` program remembers (see
     /// `FILE_VERDICTS`; least recently used ones are forgotten).
     pub const FILE_VERDICTS: u32 = 65_536;
+    /// Processes between a governed exec of an ELF without `PT_INTERP` and its first
+    /// executable file mapping (see `EXEC_MARKS`); least recently used entries are evicted.
+    pub const EXEC_MARKS: u32 = 16_384;
 }
 
 const _: () = {

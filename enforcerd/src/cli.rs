@@ -22,7 +22,9 @@ use crate::{
     version,
     about = "Runtime security enforcement with BPF LSM",
     long_about = "enforcerd enforces per-workload profiles in the kernel: BPF LSM programs on \
-                  exec (bprm_check_security), file_open and socket_connect find the calling \
+                  exec (bprm_check_security, and mmap_file for the program a dynamic loader \
+                  maps), file_open, socket_connect and socket_sendmsg (destinations given \
+                  to sendto/sendmsg) find the calling \
                   task's profile by its cgroup and deny (EPERM) or kill (SIGKILL) what the \
                   profile forbids, before the action completes.\n\n\
                   Exit codes: 0 success, 1 a refused input (bad profile, bad signature), \

@@ -94,6 +94,13 @@ pub static AGGREGATES: HashMap<AggKey, AggState> =
     HashMap::with_max_entries(capacity::AGGREGATES, BPF_F_NO_PREALLOC);
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// Process (tgid) -> the `mm_struct` of the image a governed exec gave it, for execs of an ELF
+/// without `PT_INTERP` whose first executable file mapping is decided as an exec (see
+/// `programs::mmap_file`). `EXEC_MARK_PENDING` until the exec passed its point of no return.
+#[map]
+pub static EXEC_MARKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(capacity::EXEC_MARKS, 0);
+pub const EXEC_MARK_PENDING: u64 = 0;
+
 /// Cgroup paths expected to appear (a systemd unit's, a pod's) -> the profile id to govern
 /// them with from the instant they are created (see `cgroups::cgroup_mkdir`).
 #[map]

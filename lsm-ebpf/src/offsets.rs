@@ -61,6 +61,16 @@ static OFF_CGROUP_LEVEL: u64 = 0;
 static OFF_CGROUP_ROOT_HIERARCHY_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MSGHDR_MSG_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCKET_SK: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCK_FAMILY: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_BPRM_BUF: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_MM_SAVED_AUXV: u64 = 0;
 
 #[unsafe(no_mangle)]
 static OFF_TASK_FS: u64 = 0;
@@ -207,4 +217,24 @@ pub fn qstr_hash_len() -> usize {
 #[inline(always)]
 pub fn inode_i_mode() -> usize {
     unsafe { read_volatile(&OFF_INODE_I_MODE) as usize }
+}
+#[inline(always)]
+pub fn msghdr_msg_name() -> usize {
+    unsafe { read_volatile(&OFF_MSGHDR_MSG_NAME) as usize }
+}
+#[inline(always)]
+pub fn socket_sk() -> usize {
+    unsafe { read_volatile(&OFF_SOCKET_SK) as usize }
+}
+#[inline(always)]
+pub fn sock_family() -> usize {
+    unsafe { read_volatile(&OFF_SOCK_FAMILY) as usize }
+}
+#[inline(always)]
+pub fn bprm_buf() -> usize {
+    unsafe { read_volatile(&OFF_BPRM_BUF) as usize }
+}
+#[inline(always)]
+pub fn mm_saved_auxv() -> usize {
+    unsafe { read_volatile(&OFF_MM_SAVED_AUXV) as usize }
 }

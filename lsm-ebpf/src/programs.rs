@@ -1,12 +1,12 @@
-//! The three LSM entry points. Each returns early, before any lookup, for what it does not
-//! govern, respects a denial by an earlier LSM, then decides with one trie lookup (two for
-//! connect: exact port and any port).
+//! The LSM entry points. Each returns early, before any lookup, for what it does not govern,
+//! respects a denial by an earlier LSM, then decides with one trie lookup (two for a network
+//! destination, given to connect or to sendmsg: exact port and any port).
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
     bindings::path,
     cty::c_char,
-    helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_d_path, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
     macros::lsm,
     maps::lpm_trie::Key,
     programs::LsmContext,
@@ -19,7 +19,10 @@ use enforcerd_common::{
 use crate::{
     decide::{Detail, Governed, count, governing_profile, verdict},
     file_verdicts::{opened_path, paths_generation, remember, remembered},
-    maps::{CachedFileVerdict, EXEC_RULES, FILE_RULES, NET_RULES, PathScratch, SCRATCH},
+    maps::{
+        CachedFileVerdict, EXEC_MARK_PENDING, EXEC_MARKS, EXEC_RULES, FILE_RULES, NET_RULES,
+        PathScratch, SCRATCH,
+    },
     offsets,
 };
 
@@ -28,6 +31,7 @@ use crate::{
 const FMODE_EXEC_FLAG: u32 = 0x20;
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
+const AF_UNSPEC: u16 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: i16 = 1;
@@ -52,10 +56,21 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     // A direct load from the hook's typed argument: the verifier then knows the result is the
     // `struct file *` member, which `bpf_d_path` requires.
     let file = unsafe { *(bprm.add(offsets::bprm_file()) as *const *const u8) };
+    let ret = decide_exec(&governed, file);
+    if ret == 0 {
+        mark_exec(bprm);
+    }
+    ret
+}
+
+/// The exec decision on `file` (a trusted `struct file *`): its resolved path against the
+/// governing profile's exec rules, reported as hook "exec".
+#[inline(always)]
+fn decide_exec(governed: &Governed, file: *const u8) -> i32 {
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     let mut detail = Detail::new(hook::EXEC);
     detail.file = file;
-    let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
+    let denied = match lookup_path(governed, f_path, &mut detail, |key| {
         EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict)
     }) {
         Some(v::NONE) => {
@@ -68,7 +83,111 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         }
         None => true,
     };
-    verdict(&governed, denied, &detail)
+    verdict(governed, denied, &detail)
+}
+
+/// `ET_DYN` in an ELF header's `e_type`: a PIE program, a shared object, or the dynamic
+/// loader itself.
+const ET_DYN: u16 = 3;
+const PROT_EXEC: u64 = 0x4;
+
+/// A governed exec that goes ahead marks its process when the binary is an `ET_DYN` ELF (the
+/// dynamic loader `ld.so` is one; so are PIE programs, whose mark the kernel's mapping of
+/// their ELF interpreter clears again during the exec). Any other binary clears the mark.
+/// The ELF header is in `bprm->buf` (the file's first bytes, read by the kernel).
+#[inline(always)]
+fn mark_exec(bprm: *const u8) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let dynamic =
+        match unsafe { bpf_probe_read_kernel(bprm.add(offsets::bprm_buf()) as *const [u8; 18]) } {
+            Ok(h) => {
+                h[0] == 0x7f
+                    && h[1] == b'E'
+                    && h[2] == b'L'
+                    && h[3] == b'F'
+                    && u16::from_le_bytes([h[16], h[17]]) == ET_DYN
+            }
+            // Cannot tell: mark, so that a loader cannot slip through.
+            Err(_) => true,
+        };
+    if dynamic {
+        let _ = EXEC_MARKS.insert(&tgid, &EXEC_MARK_PENDING, 0);
+    } else {
+        let _ = EXEC_MARKS.remove(&tgid);
+    }
+}
+
+/// `current->mm`, or null if the read fails.
+#[inline(always)]
+fn current_mm() -> *const u8 {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    unsafe { bpf_probe_read_kernel(task.add(offsets::task_mm()) as *const *const u8) }
+        .unwrap_or(core::ptr::null())
+}
+
+/// Past the exec's point of no return, with the new `mm` in place and nothing mapped yet: a
+/// pending mark is bound to the new image (a mark whose exec failed stays pending and is
+/// ignored). One hash lookup; no cgroup walk.
+#[lsm(hook = "bprm_committed_creds")]
+pub fn bprm_committed_creds(_ctx: LsmContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(mark) = EXEC_MARKS.get_ptr_mut(&tgid) {
+        let mm = current_mm() as u64;
+        unsafe { write_volatile(mark, mm) };
+    }
+    0
+}
+
+/// `ld.so /denied/binary` when the exec allowlist allows the loader: the kernel only execs
+/// `ld.so`, which then maps the program itself with `PROT_EXEC`. For a marked process (see
+/// `mark_exec`) the first executable mapping of a file other than its own executable is
+/// decided as an exec of that file, and the mark is cleared, so the libraries mapped after it
+/// are not. During the exec itself (`mm->saved_auxv` not yet written) that first mapping is
+/// the kernel's mapping of the ELF interpreter of a dynamic program: the mark is cleared
+/// without a decision. Returns before any lookup for mappings without `PROT_EXEC` or without
+/// a file, and after one hash lookup for unmarked processes.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    if file.is_null() || prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mark = match unsafe { EXEC_MARKS.get(&tgid) } {
+        Some(m) => *m,
+        None => return 0,
+    };
+    if mark == EXEC_MARK_PENDING {
+        return 0;
+    }
+    let mm = current_mm();
+    if mm as u64 != mark {
+        // Left by an earlier process with this tgid.
+        let _ = EXEC_MARKS.remove(&tgid);
+        return 0;
+    }
+    let exe = unsafe { bpf_probe_read_kernel(mm.add(offsets::mm_exe_file()) as *const *const u8) }
+        .unwrap_or(core::ptr::null());
+    if file == exe {
+        // The kernel mapping the executable itself.
+        return 0;
+    }
+    let _ = EXEC_MARKS.remove(&tgid);
+    // A failed read counts as "exec finished": decided, never skipped.
+    let auxv = unsafe { bpf_probe_read_kernel(mm.add(offsets::mm_saved_auxv()) as *const u64) }
+        .unwrap_or(u64::MAX);
+    if auxv == 0 {
+        return 0;
+    }
+    let Some(governed) = governing_profile() else {
+        return 0;
+    };
+    decide_exec(&governed, file)
 }
 
 /// Files: the resolved path and the access (read/write) from the open mode.
@@ -229,9 +348,65 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     let Ok(sa_family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
         return 0;
     };
+    // AF_UNSPEC here disconnects a socket: no destination.
     if sa_family != AF_INET && sa_family != AF_INET6 {
         return 0;
     }
+    decide_destination(sock, address, sa_family)
+}
+
+/// Sends with a destination address (`sendto`, `sendmsg`, io_uring's send and sendmsg): an
+/// unconnected datagram socket sends without ever calling connect, and TCP Fast Open
+/// (`MSG_FASTOPEN`) connects from inside `sendmsg`. Decided exactly like connect, and reported
+/// as hook "connect". A send without an address (`msg_name` NULL: a connected socket, decided
+/// at connect) returns before the cgroup walk: this is the path of every send.
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let sock: *const u8 = ctx.arg(0);
+    let msg: *const u8 = ctx.arg(1);
+    // A direct load from the hook's typed argument (cannot fail). The kernel has already
+    // copied a user's address into kernel memory here.
+    let address = unsafe { *(msg.add(offsets::msghdr_msg_name()) as *const *const u8) };
+    if address.is_null() {
+        return 0;
+    }
+    let Ok(mut sa_family) = (unsafe { bpf_probe_read_kernel(address as *const u16) }) else {
+        return 0;
+    };
+    // An AF_INET socket's UDP and raw sendmsg take an AF_UNSPEC address as an IPv4 one
+    // (udp_sendmsg, raw_sendmsg); an AF_INET6 socket's treat it as "no address".
+    if sa_family == AF_UNSPEC && socket_family(sock) == AF_INET {
+        sa_family = AF_INET;
+    }
+    if sa_family != AF_INET && sa_family != AF_INET6 {
+        return 0;
+    }
+    decide_destination(sock, address, sa_family)
+}
+
+/// `sock->sk->sk_family`, or AF_INET when it cannot be read (then an AF_UNSPEC address is
+/// decided as IPv4 rather than skipped).
+#[inline(always)]
+fn socket_family(sock: *const u8) -> u16 {
+    let Ok(sk) =
+        (unsafe { bpf_probe_read_kernel(sock.add(offsets::socket_sk()) as *const *const u8) })
+    else {
+        return AF_INET;
+    };
+    unsafe { bpf_probe_read_kernel(sk.add(offsets::sock_family()) as *const u16) }
+        .unwrap_or(AF_INET)
+}
+
+/// The connect decision, shared by `socket_connect` and `socket_sendmsg`: the governing
+/// profile, then the `sa_family` (AF_INET or AF_INET6) destination at `address` (a kernel
+/// copy of the caller's sockaddr), port and protocol (from the socket type) against the
+/// profile's network rules: exact port first, then any port; the longer CIDR wins.
+#[inline(always)]
+fn decide_destination(sock: *const u8, address: *const u8, sa_family: u16) -> i32 {
     let Some(governed) = governing_profile() else {
         return 0;
     };

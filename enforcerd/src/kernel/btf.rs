@@ -53,6 +53,11 @@ pub struct Offsets {
     pub fs_struct_root: u64,
     pub qstr_hash_len: u64,
     pub inode_i_mode: u64,
+    pub msghdr_msg_name: u64,
+    pub socket_sk: u64,
+    pub sock_family: u64,
+    pub bprm_buf: u64,
+    pub mm_saved_auxv: u64,
 }
 
 impl Offsets {
@@ -94,11 +99,17 @@ impl Offsets {
             fs_struct_root: member_offset(&btf, "fs_struct", "root")?,
             qstr_hash_len: member_offset(&btf, "qstr", "hash_len")?,
             inode_i_mode: member_offset(&btf, "inode", "i_mode")?,
+            msghdr_msg_name: member_offset(&btf, "msghdr", "msg_name")?,
+            socket_sk: member_offset(&btf, "socket", "sk")?,
+            sock_family: member_offset(&btf, "sock", "__sk_common")?
+                + member_offset(&btf, "sock_common", "skc_family")?,
+            bprm_buf: member_offset(&btf, "linux_binprm", "buf")?,
+            mm_saved_auxv: member_offset(&btf, "mm_struct", "saved_auxv")?,
         })
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 32] {
+    pub fn globals(&self) -> [(&'static str, u64); 37] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -133,6 +144,11 @@ impl Offsets {
             (g::FS_STRUCT_ROOT, self.fs_struct_root),
             (g::QSTR_HASH_LEN, self.qstr_hash_len),
             (g::INODE_I_MODE, self.inode_i_mode),
+            (g::MSGHDR_MSG_NAME, self.msghdr_msg_name),
+            (g::SOCKET_SK, self.socket_sk),
+            (g::SOCK_FAMILY, self.sock_family),
+            (g::BPRM_BUF, self.bprm_buf),
+            (g::MM_SAVED_AUXV, self.mm_saved_auxv),
         ]
     }
 }
@@ -205,6 +221,10 @@ mod tests {
         assert_eq!((o.qstr_len, o.qstr_name), (4, 8), "{o:?}");
         // hash_len overlays hash and len.
         assert_eq!(o.qstr_hash_len, 0, "{o:?}");
+        // The ELF header buffer and the auxiliary vector are arrays well inside their structs;
+        // sk_family is in the sock_common at the start of struct sock.
+        assert!(o.bprm_buf < 512 && o.mm_saved_auxv > 0, "{o:?}");
+        assert!(o.msghdr_msg_name < 64 && o.sock_family < 64, "{o:?}");
     }
 
     #[test]

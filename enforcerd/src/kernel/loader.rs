@@ -36,10 +36,18 @@ pub const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// (program name in the object, LSM hook).
-pub const PROGRAMS: [(&str, &str); 7] = [
+pub const PROGRAMS: [(&str, &str); 10] = [
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
+    // Destinations given to sendto/sendmsg (unconnected datagrams, TCP Fast Open), decided
+    // by the connect rules.
+    ("socket_sendmsg", "socket_sendmsg"),
+    // `ld.so /denied/binary` with the loader allowed: the program ld.so maps is decided as an
+    // exec (the exec hook marks the process, the exec's commit binds the mark to the new
+    // image, the first executable mapping consumes it).
+    ("bprm_committed_creds", "bprm_committed_creds"),
+    ("mmap_file", "mmap_file"),
     // Keep file_open's remembered verdicts true to the paths (see lsm-ebpf's file_verdicts).
     ("inode_rename", "inode_rename"),
     ("inode_unlink", "inode_unlink"),
@@ -210,7 +218,7 @@ impl Enforcer {
         })
     }
 
-    /// Attaches the three programs. Call after the first reconcile, so that the first decision the
+    /// Attaches the LSM programs. Call after the first reconcile, so that the first decision the
     /// programs make already sees every rule.
     pub fn attach(&mut self) -> Result<(), LoadError> {
         for (name, hook) in PROGRAMS {

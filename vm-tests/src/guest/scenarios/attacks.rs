@@ -23,6 +23,14 @@ use std::time::Duration;
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// A copy of the (dynamically linked) daemon binary at a path no allowlist names.
 const DENIED_DYNAMIC: &str = "/opt/denied/dynamic-binary";
+/// The same copy in the allowed directory.
+const ALLOWED_DYNAMIC: &str = "/opt/allowed/dynamic-binary";
+/// What ld.so exits with when it cannot load the program it was asked to run.
+const LOADER_FAILED: i32 = 127;
+/// The C library the initramfs carries for the daemon binary.
+const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+/// A copy of it in the allowed directory: an executable mapping the exec rules allow.
+const ALLOWED_LIB: &str = "/opt/allowed/libc-copy.so";
 
 /// Governed cgroups of one scenario: `/attack_<name>` (enforce) and `/attack_<name>_audit`
 /// (the same rules in `mode: audit`).
@@ -63,9 +71,37 @@ fn audited(
     what: &str,
     target: impl Fn(&str) -> bool,
 ) {
+    audited_where(ctx, check, run, hook, what, |v| {
+        v["target"].as_str().is_some_and(&target)
+    });
+}
+
+/// `audited`, with any test on the decision line (`what` describes it).
+fn audited_where(
+    ctx: &mut Ctx,
+    check: &str,
+    run: Option<&Run>,
+    hook: &str,
+    what: &str,
+    accept: impl Fn(&Value) -> bool,
+) {
+    reported(ctx, check, run, hook, "audit", what, accept);
+}
+
+/// Checks that the daemon reported a `decision` of `hook` that `accept` accepts, for the
+/// process `run` (when given).
+fn reported(
+    ctx: &mut Ctx,
+    check: &str,
+    run: Option<&Run>,
+    hook: &str,
+    decision: &str,
+    what: &str,
+    accept: impl Fn(&Value) -> bool,
+) {
     let pid = run.map(|r| i64::from(r.pid));
     let mut expected =
-        format!("a decision line with hook={hook:?} decision=\"audit\" target {what}");
+        format!("a decision line with hook={hook:?} decision={decision:?} target {what}");
     if let Some(p) = pid {
         expected.push_str(&format!(" pid={p}"));
     }
@@ -75,8 +111,8 @@ fn audited(
     };
     let matches = |v: &Value| {
         v["hook"] == hook
-            && v["decision"] == "audit"
-            && v["target"].as_str().is_some_and(&target)
+            && v["decision"] == decision
+            && accept(v)
             && pid.is_none_or(|p| v["pid"].as_i64() == Some(p))
     };
     if let Some(v) = d.wait_decision(DECISION_TIMEOUT, matches) {
@@ -109,6 +145,9 @@ fn args(v: &[&str]) -> (Vec<std::ffi::CString>, Vec<*const libc::c_char>) {
 pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
     std::fs::create_dir_all("/opt/denied")?;
     std::fs::copy(ENFORCERD, DENIED_DYNAMIC).context("copying the daemon binary")?;
+    std::fs::create_dir_all(ALLOWED_DIR)?;
+    std::fs::copy(ENFORCERD, ALLOWED_DYNAMIC).context("copying the daemon binary")?;
+    std::fs::copy(LIBC, ALLOWED_LIB).with_context(|| format!("copying {LIBC}"))?;
     let loader_real = std::fs::canonicalize(LOADER)
         .with_context(|| format!("resolving {LOADER}"))?
         .to_string_lossy()
@@ -130,6 +169,16 @@ pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
         &Exec::path(DENIED_DYNAMIC, &["x", "--version"]),
     );
     ctx.expect("denied_dynamic_binary_denied", &Outcome::EPERM, &r);
+    // The kernel maps an allowed program's ELF interpreter without an exec check.
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(ALLOWED_DYNAMIC, &["x", "--version"]),
+    );
+    ctx.expect(
+        "allowed_dynamic_binary_runs_with_loader_not_allowed",
+        &Outcome::Exited(0),
+        &r,
+    );
     let r = ctx.exec(Some(&cg.enforce), &via_loader);
     ctx.expect("loader_not_allowed_exec_denied", &Outcome::EPERM, &r);
 
@@ -162,11 +211,74 @@ pub fn attack_exec_via_dynamic_loader(ctx: &mut Ctx) -> Result<()> {
         &Outcome::EPERM,
         &r,
     );
+    // ld.so maps the program itself: that first executable mapping is decided as its exec.
+    // The mmap fails with EPERM; ld.so reports it and exits 127.
     let r = ctx.exec(Some(&cg.enforce), &via_loader);
     ctx.expect(
-        "known_gap_allowed_loader_runs_denied_binary",
+        "allowed_loader_running_denied_binary_fails",
+        &Outcome::Exited(LOADER_FAILED),
+        &r,
+    );
+    reported(
+        ctx,
+        "allowed_loader_running_denied_binary_reported_as_exec_deny",
+        Some(&r),
+        "exec",
+        "deny",
+        DENIED_DYNAMIC,
+        |v| v["target"] == DENIED_DYNAMIC,
+    );
+    // A library the exec rules allow, preloaded: ld.so maps the program before any preload,
+    // so the program's mapping is still the one decided.
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(
+            LOADER,
+            &[
+                "ld.so",
+                "--preload",
+                ALLOWED_LIB,
+                DENIED_DYNAMIC,
+                "--version",
+            ],
+        ),
+    );
+    ctx.expect(
+        "allowed_loader_with_allowed_preload_running_denied_binary_fails",
+        &Outcome::Exited(LOADER_FAILED),
+        &r,
+    );
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(LOADER, &["ld.so", ALLOWED_DYNAMIC, "--version"]),
+    );
+    ctx.expect(
+        "allowed_loader_running_allowed_binary_runs",
         &Outcome::Exited(0),
         &r,
+    );
+    let r = ctx.exec(
+        Some(&cg.enforce),
+        &Exec::path(ALLOWED_DYNAMIC, &["x", "--version"]),
+    );
+    ctx.expect(
+        "allowed_dynamic_binary_runs_with_loader_allowed",
+        &Outcome::Exited(0),
+        &r,
+    );
+    let r = ctx.exec(Some(&cg.audit), &via_loader);
+    ctx.expect(
+        "audit_allowed_loader_runs_denied_binary",
+        &Outcome::Exited(0),
+        &r,
+    );
+    audited(
+        ctx,
+        "audit_allowed_loader_running_denied_binary_reported",
+        Some(&r),
+        "exec",
+        DENIED_DYNAMIC,
+        |t| t == DENIED_DYNAMIC,
     );
     ctx.stop_daemon("daemon_with_loader_allowed_stops_on_sigterm");
     Ok(())
@@ -475,7 +587,7 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-// ---- 5. network: IPv4-mapped IPv6, UDP sendto without connect ----
+// ---- 5. network: IPv4-mapped IPv6, sendto/sendmsg without connect, TCP Fast Open ----
 
 const MAPPED_PORT: u16 = 9192;
 const UDP_PORT: u16 = 9193;
@@ -496,27 +608,70 @@ fn connect_to(addr: SocketAddr, ty: i32) -> Result<(), i32> {
     }
 }
 
-/// `sendto()` on an unconnected UDP socket.
-fn sendto(addr: SocketAddr, data: &[u8]) -> Result<(), i32> {
-    let (family, storage, len) = sockaddr(addr);
-    // SAFETY: plain socket syscalls on a zero-initialised sockaddr of the right length.
+/// How a datagram is given its destination on an unconnected UDP socket.
+#[derive(Clone, Copy)]
+enum Addressing {
+    /// `sendto(addr)`.
+    To,
+    /// `sendmsg` with `msg_name = addr`.
+    Msg,
+    /// `sendto` with the address's family set to AF_UNSPEC: an AF_INET socket's
+    /// udp_sendmsg uses it as an IPv4 address anyway.
+    Unspec,
+}
+
+/// Sends `data` to `addr` on a new unconnected socket of type `ty` with `flags`.
+fn send_to(addr: SocketAddr, ty: i32, how: Addressing, flags: i32, data: &[u8]) -> Result<(), i32> {
+    let (family, mut storage, len) = sockaddr(addr);
+    if let Addressing::Unspec = how {
+        storage.ss_family = libc::AF_UNSPEC as libc::sa_family_t;
+    }
+    let name = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    // SAFETY: plain socket syscalls on a zero-initialised sockaddr of the right length and a
+    // live buffer.
     unsafe {
-        let fd = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(errno());
         }
-        let n = libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            0,
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        );
+        let n = match how {
+            Addressing::To | Addressing::Unspec => {
+                libc::sendto(fd, data.as_ptr().cast(), data.len(), flags, name, len)
+            }
+            Addressing::Msg => {
+                let mut iov = libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_name = name.cast();
+                msg.msg_namelen = len;
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                libc::sendmsg(fd, &msg, flags)
+            }
+        };
         let e = errno();
         libc::close(fd);
         if n < 0 { Err(e) } else { Ok(()) }
     }
+}
+
+/// `sendto()` of a datagram on an unconnected UDP socket.
+fn sendto(addr: SocketAddr, how: Addressing, data: &[u8]) -> Result<(), i32> {
+    send_to(addr, libc::SOCK_DGRAM, how, 0, data)
+}
+
+/// TCP Fast Open: `sendto(MSG_FASTOPEN)` on an unconnected TCP socket connects (and sends)
+/// without calling connect(2).
+fn fastopen(addr: SocketAddr) -> Result<(), i32> {
+    send_to(
+        addr,
+        libc::SOCK_STREAM,
+        Addressing::To,
+        libc::MSG_FASTOPEN,
+        b"fast open",
+    )
 }
 
 /// Whether a datagram arrives at `sock` within 2 s.
@@ -574,20 +729,99 @@ pub fn attack_connect_bypass(ctx: &mut Ctx) -> Result<()> {
         connect_to(udp_dst, libc::SOCK_DGRAM)
     });
     ctx.expect("udp_connect_to_denied_address_denied", &Outcome::EPERM, &r);
-    let r = ctx.op(g, &format!("sendto(udp {udp_dst}) unconnected"), || {
-        sendto(udp_dst, b"exfiltrated")
+    // Destinations given to sendto/sendmsg are decided like connect's.
+    for (check, how, what) in [
+        (
+            "udp_sendto_without_connect_denied",
+            Addressing::To,
+            "sendto",
+        ),
+        (
+            "udp_sendmsg_without_connect_denied",
+            Addressing::Msg,
+            "sendmsg",
+        ),
+        (
+            "udp_sendto_af_unspec_address_denied",
+            Addressing::Unspec,
+            "sendto [sa_family AF_UNSPEC]",
+        ),
+    ] {
+        let r = ctx.op(g, &format!("{what}(udp {udp_dst}) unconnected"), || {
+            sendto(udp_dst, how, b"exfiltrated")
+        });
+        ctx.expect(check, &Outcome::EPERM, &r);
+    }
+    let got = received(&udp);
+    ctx.check(
+        "udp_sendto_without_connect_never_arrived",
+        got.is_none(),
+        "no datagram at the listener within 2 s",
+        got.unwrap_or_else(|| "none".into()),
+        None,
+    );
+    let r = ctx.op(g, &format!("sendto(tcp {v4}, MSG_FASTOPEN)"), || {
+        fastopen(v4)
     });
     ctx.expect(
-        "known_gap_udp_sendto_without_connect_succeeds",
+        "tcp_fastopen_sendto_to_denied_address_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    let arrived = accepted(&tcp);
+    ctx.check(
+        "tcp_fastopen_connection_never_arrived",
+        !arrived,
+        "no connection on the listener",
+        if arrived { "a connection" } else { "none" },
+        None,
+    );
+
+    let a = Some(&cg.audit);
+    let r = ctx.op(a, &format!("sendto(udp {udp_dst}) unconnected"), || {
+        sendto(udp_dst, Addressing::To, b"audited")
+    });
+    ctx.expect(
+        "audit_udp_sendto_without_connect_succeeds",
         &Outcome::Ok,
         &r,
     );
     let got = received(&udp);
     ctx.check(
-        "known_gap_udp_sendto_without_connect_arrives",
+        "audit_udp_sendto_without_connect_arrives",
         got.is_some(),
         "the datagram arrives at the listener",
         got.unwrap_or_else(|| "nothing within 2 s".into()),
+        None,
+    );
+    let want = udp_dst.to_string();
+    audited(
+        ctx,
+        "audit_udp_sendto_without_connect_reported",
+        Some(&r),
+        "connect",
+        &want,
+        |t| t == want,
+    );
+    let r = ctx.op(a, &format!("sendto(tcp {v4}, MSG_FASTOPEN)"), || {
+        fastopen(v4)
+    });
+    ctx.expect("audit_tcp_fastopen_sendto_succeeds", &Outcome::Ok, &r);
+    let want = v4.to_string();
+    audited(
+        ctx,
+        "audit_tcp_fastopen_sendto_reported",
+        Some(&r),
+        "connect",
+        &want,
+        |t| t == want,
+    );
+    let arrived = accepted(&tcp);
+    ctx.check(
+        "audit_tcp_fastopen_connection_arrives",
+        arrived,
+        "a connection on the listener",
+        if arrived { "a connection" } else { "none" },
         None,
     );
 
@@ -608,7 +842,7 @@ pub fn attack_connect_bypass(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-// ---- 6. io_uring openat and connect ----
+// ---- 6. io_uring openat, connect and sendmsg ----
 
 const IO_URING_PORT: u16 = 9194;
 
@@ -624,9 +858,24 @@ fn io_uring_in(cgroup: &Cgroup, op: IoUringOp) -> Result<String> {
             }
         };
         let path = cstring(DENIED_FILE);
-        let (family, storage, len) = sockaddr(op_addr());
+        let (family, mut storage, len) = sockaddr(op_addr());
+        let ty = match op {
+            IoUringOp::SendMsg => libc::SOCK_DGRAM,
+            _ => libc::SOCK_STREAM,
+        };
         // SAFETY: a plain socket(2); closed when the child exits.
-        let sock = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        let sock = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+        let data = *b"exfiltrated";
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
         let entry = match op {
             IoUringOp::OpenAt => {
                 io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
@@ -639,8 +888,11 @@ fn io_uring_in(cgroup: &Cgroup, op: IoUringOp) -> Result<String> {
                 len,
             )
             .build(),
+            IoUringOp::SendMsg => {
+                io_uring::opcode::SendMsg::new(io_uring::types::Fd(sock), &msg).build()
+            }
         };
-        // SAFETY: the path and address the entry points to outlive the submission.
+        // SAFETY: the path, address and message the entry points to outlive the submission.
         if unsafe { ring.submission().push(&entry) }.is_err() {
             write_line(wr, "push failed");
             return 1;
@@ -666,6 +918,8 @@ fn io_uring_in(cgroup: &Cgroup, op: IoUringOp) -> Result<String> {
 enum IoUringOp {
     OpenAt,
     Connect,
+    /// A UDP datagram with a destination address, on an unconnected socket.
+    SendMsg,
 }
 
 fn op_addr() -> SocketAddr {
@@ -677,6 +931,7 @@ pub fn attack_io_uring(ctx: &mut Ctx) -> Result<()> {
     fixtures::write(DENIED_FILE, CONTENT, 0o644)?;
     let _tcp =
         TcpListener::bind(op_addr()).with_context(|| format!("listening on {}", op_addr()))?;
+    let udp = UdpSocket::bind(op_addr()).with_context(|| format!("binding udp {}", op_addr()))?;
     let body = format!(
         "{EXEC_ALLOW_ALL}  files:
     default: allow
@@ -695,6 +950,7 @@ pub fn attack_io_uring(ctx: &mut Ctx) -> Result<()> {
     for (op, name, what) in [
         (IoUringOp::OpenAt, "openat", DENIED_FILE.to_owned()),
         (IoUringOp::Connect, "connect", op_addr().to_string()),
+        (IoUringOp::SendMsg, "sendmsg", format!("udp {}", op_addr())),
     ] {
         let got = io_uring_in(&cg.enforce, op)?;
         ctx.note(&format!("io_uring {name} {what} [enforce] -> {got}"));
@@ -717,6 +973,16 @@ pub fn attack_io_uring(ctx: &mut Ctx) -> Result<()> {
             got,
             None,
         );
+        if let IoUringOp::SendMsg = op {
+            let got = received(&udp);
+            ctx.check(
+                "io_uring_sendmsg_datagram_never_arrived",
+                got.is_none(),
+                "no datagram at the listener within 2 s",
+                got.unwrap_or_else(|| "none".into()),
+                None,
+            );
+        }
         let got = io_uring_in(&cg.audit, op)?;
         ctx.note(&format!("io_uring {name} {what} [audit] -> {got}"));
         let ok = got
@@ -730,17 +996,19 @@ pub fn attack_io_uring(ctx: &mut Ctx) -> Result<()> {
             got,
             None,
         );
-        let (hook, target) = match op {
-            IoUringOp::OpenAt => ("file", DENIED_FILE.to_owned()),
-            IoUringOp::Connect => ("connect", op_addr().to_string()),
+        // The connect and the datagram go to the same address: the protocol tells them apart.
+        let (hook, target, protocol) = match op {
+            IoUringOp::OpenAt => ("file", DENIED_FILE.to_owned(), None),
+            IoUringOp::Connect => ("connect", op_addr().to_string(), Some("tcp")),
+            IoUringOp::SendMsg => ("connect", op_addr().to_string(), Some("udp")),
         };
-        audited(
+        audited_where(
             ctx,
             &format!("audit_io_uring_{name}_reported"),
             None,
             hook,
-            &target,
-            |t| t == target,
+            &format!("{target} protocol={protocol:?}"),
+            |v| v["target"] == target.as_str() && protocol.is_none_or(|p| v["protocol"] == p),
         );
     }
     ctx.stop_daemon("daemon_stops_on_sigterm");

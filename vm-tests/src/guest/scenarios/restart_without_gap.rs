@@ -140,13 +140,20 @@ fn start(ctx: &mut Ctx, binary: &str, profiles: &Path, check: &str) -> Result<()
 fn pinned_generation(ctx: &mut Ctx, which: &str) -> Result<PathBuf> {
     let status = status_json().map_err(anyhow::Error::msg)?;
     let generation = PathBuf::from(json_str(&status, "pinned_in"));
-    let links = ["bprm_check_security", "file_open", "socket_connect"]
-        .map(|l| generation.join(format!("link_{l}")));
+    let links = [
+        "bprm_check_security",
+        "file_open",
+        "socket_connect",
+        "socket_sendmsg",
+        "bprm_committed_creds",
+        "mmap_file",
+    ]
+    .map(|l| generation.join(format!("link_{l}")));
     let ok = generation.starts_with(PIN_ROOT) && links.iter().all(|l| l.exists());
     ctx.check(
         &format!("pinned_{}", which.replace(' ', "_")),
         ok,
-        format!("status names a generation under {PIN_ROOT} holding the three LSM links"),
+        format!("status names a generation under {PIN_ROOT} holding the LSM links"),
         generation.display().to_string(),
         None,
     );

@@ -192,21 +192,24 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
     );
     ctx.check(
         "status_shows_every_program_attached",
-        attached == 9
+        attached == 12
             && hooks
                 == [
                     "bprm_check_security",
+                    "bprm_committed_creds",
                     "d_instantiate",
                     "file_open",
                     "inode_rename",
                     "inode_rmdir",
                     "inode_unlink",
+                    "mmap_file",
                     "socket_connect",
+                    "socket_sendmsg",
                     "tracepoint/cgroup_mkdir",
                     "tracepoint/cgroup_rmdir",
                 ],
-        "9 programs, all attached: exec, file open, connect, the four that keep file_open's \
-         remembered verdicts true, cgroup mkdir and rmdir",
+        "12 programs, all attached: exec, exec commit, mmap, file open, the four that keep \
+         file_open's remembered verdicts true, connect, sendmsg, cgroup mkdir and rmdir",
         format!(
             "{} programs, {attached} attached: {}",
             programs.len(),

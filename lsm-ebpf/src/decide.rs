@@ -60,26 +60,53 @@ pub fn governing_profile() -> Option<Governed> {
         Some(g) => unsafe { read_volatile(g) },
         None => return walk_and_find(),
     };
-    let found = match unsafe { RESOLVED_CGROUPS.get(&cgroup) } {
-        Some(r) if r.generation == generation => r.profile_id,
-        _ => {
-            let found = walk_cgroup_ancestors();
-            let entry = ResolvedCgroup {
-                generation,
-                profile_id: found,
-                _pad: 0,
-            };
-            let _ = RESOLVED_CGROUPS.insert(&cgroup, &entry, 0);
-            found
-        }
+    if let Some(r) = unsafe { RESOLVED_CGROUPS.get(&cgroup) }
+        && r.generation == generation
+    {
+        return governed(r.profile_id, r.config);
+    }
+    let found = walk_cgroup_ancestors();
+    let config = settings(found);
+    let entry = ResolvedCgroup {
+        generation,
+        profile_id: found,
+        config,
+        _pad: 0,
     };
-    with_settings(found)
+    let _ = RESOLVED_CGROUPS.insert(&cgroup, &entry, 0);
+    governed(found, config)
+}
+
+/// `found`'s settings, `MISSING_CONFIG` if absent (also for 0, which governs nothing).
+#[inline(always)]
+fn settings(found: u32) -> ProfileConfig {
+    if found == 0 {
+        return MISSING_CONFIG;
+    }
+    match unsafe { PROFILES.get(&found) } {
+        Some(c) => *c,
+        None => MISSING_CONFIG,
+    }
+}
+
+/// The governed view of profile `found` (`None` for 0: ungoverned).
+#[inline(always)]
+fn governed(found: u32, config: ProfileConfig) -> Option<Governed> {
+    // Profile ids start at 1.
+    if found == 0 {
+        return None;
+    }
+    Some(Governed {
+        profile_id: found,
+        config,
+    })
 }
 
 /// [`governing_profile`] without the memory (only if the generation map cannot be read).
 #[inline(always)]
 fn walk_and_find() -> Option<Governed> {
-    with_settings(walk_cgroup_ancestors())
+    let found = walk_cgroup_ancestors();
+    governed(found, settings(found))
 }
 
 /// The profile id of the nearest governed ancestor of the current task's cgroup (or of the
@@ -102,23 +129,6 @@ fn walk_cgroup_ancestors() -> u32 {
         level += 1;
     }
     found
-}
-
-/// The governed view of profile `found` (`None` for 0: ungoverned).
-#[inline(always)]
-fn with_settings(found: u32) -> Option<Governed> {
-    // Profile ids start at 1.
-    if found == 0 {
-        return None;
-    }
-    let config = match unsafe { PROFILES.get(&found) } {
-        Some(c) => *c,
-        None => MISSING_CONFIG,
-    };
-    Some(Governed {
-        profile_id: found,
-        config,
-    })
 }
 
 /// Adds one to a per-hook counter. Atomic: LSM programs can be preempted, so two runs on one

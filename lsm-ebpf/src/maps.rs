@@ -28,6 +28,9 @@ pub static RESOLVED_CGROUPS: LruHashMap<u64, ResolvedCgroup> =
 pub struct ResolvedCgroup {
     pub generation: u64,
     pub profile_id: u32,
+    /// The profile's settings as `PROFILES` held them (a profile id's settings never change;
+    /// removing them follows a change of governance, which makes this entry stale).
+    pub config: ProfileConfig,
     pub _pad: u32,
 }
 

@@ -273,20 +273,7 @@ fn prepare(ctx: &mut Ctx, case: &Case) -> Result<Expect> {
     match case.id {
         "a" | "a2" => Ok(none),
         "b" => {
-            for i in 0..100 {
-                let cg = Cgroup::create(&format!("/bench-others/w{i:03}"))?;
-                fixtures::write_profile(
-                    &dir,
-                    &format!("w{i:03}.yaml"),
-                    &fixtures::profile(
-                        &format!("w{i:03}"),
-                        &cg.rel,
-                        "enforce",
-                        "deny",
-                        &fixtures::service_profile_body(i),
-                    ),
-                )?;
-            }
+            fixtures::service_profiles(&dir, "/bench-others", 100)?;
             ctx.start_daemon(&dir, "case_b_enforcerd_ready")?;
             Ok(none)
         }

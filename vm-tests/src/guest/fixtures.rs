@@ -84,9 +84,29 @@ pub fn profile(name: &str, cgroup: &str, mode: &str, on_violation: &str, body: &
     profile_with_serial(name, 1, cgroup, mode, on_violation, body)
 }
 
-/// The rules of a typical service `i` (3 exec, 3 file, 2 connect rules, some its own):
-/// the many-profiles scenarios load one per cgroup.
-pub fn service_profile_body(i: usize) -> String {
+/// `count` cgroups `PARENT/w000`, `PARENT/w001`, ..., each with a profile in `dir` holding
+/// the rules of a typical service (3 exec, 3 file, 2 connect rules, some its own).
+pub fn service_profiles(dir: &Path, parent: &str, count: usize) -> Result<Vec<super::sys::Cgroup>> {
+    (0..count)
+        .map(|i| {
+            let cg = super::sys::Cgroup::create(&format!("{parent}/w{i:03}"))?;
+            write_profile(
+                dir,
+                &format!("w{i:03}.yaml"),
+                &profile(
+                    &format!("w{i:03}"),
+                    &cg.rel,
+                    "enforce",
+                    "deny",
+                    &service_profile_body(i),
+                ),
+            )?;
+            Ok(cg)
+        })
+        .collect()
+}
+
+fn service_profile_body(i: usize) -> String {
     format!(
         "  exec:\n    default: deny\n    allow: [/bin/, /usr/bin/, /opt/app{i}/]\n\
              \x20 files:\n    default: allow\n    rules:\n\

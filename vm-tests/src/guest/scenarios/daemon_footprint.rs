@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::guest::daemon::status_json;
 use crate::guest::fixtures::{self, json_str};
 use crate::guest::out::Ctx;
-use crate::guest::sys::{Cgroup, Outcome, cstring, try_open};
+use crate::guest::sys::{Outcome, cstring, try_open};
 use anyhow::Result;
 
 const PROFILES: usize = 100;
@@ -18,22 +18,7 @@ const IDLE: Duration = Duration::from_secs(10);
 pub fn footprint_with_100_profiles(ctx: &mut Ctx) -> Result<()> {
     fixtures::write(SECRET, "secret\n", 0o644)?;
     let dir = fixtures::profile_dir("footprint")?;
-    let mut cgroups = Vec::new();
-    for i in 0..PROFILES {
-        let cg = Cgroup::create(&format!("/footprint/w{i:03}"))?;
-        fixtures::write_profile(
-            &dir,
-            &format!("w{i:03}.yaml"),
-            &fixtures::profile(
-                &format!("w{i:03}"),
-                &cg.rel,
-                "enforce",
-                "deny",
-                &fixtures::service_profile_body(i),
-            ),
-        )?;
-        cgroups.push(cg);
-    }
+    let cgroups = fixtures::service_profiles(&dir, "/footprint", PROFILES)?;
     ctx.start_daemon(&dir, "daemon_ready_with_100_profiles")?;
     let ready = ctx
         .daemon

@@ -134,7 +134,10 @@ pub fn bench(opts: &BenchOptions) -> Result<bool> {
         std::thread::scope(|s| {
             for _ in 0..jobs.max(1) {
                 s.spawn(|| {
-                    while let Some(kernel) = queue.lock().expect("queue").pop_front() {
+                    loop {
+                        // Not in a `while let`: its guard would hold the lock for the boot.
+                        let next = queue.lock().expect("queue").pop_front();
+                        let Some(kernel) = next else { break };
                         let boot = run_boot(opts, &initrd, &kernel, *clock);
                         done.lock().expect("results").push(boot);
                     }

@@ -78,6 +78,19 @@ pub const OPS: &[Op] = &[
     },
 ];
 
+impl Op {
+    /// The same operation with a twentieth of the runs: `vm-tests bench --quick`, which the
+    /// test suite runs to prove every case is set up and enforcing. Its figures are not
+    /// benchmark results.
+    pub fn quick(&self) -> Op {
+        Op {
+            iterations: (self.iterations / 20).max(1),
+            warmup: (self.warmup / 20).max(1),
+            ..*self
+        }
+    }
+}
+
 pub fn op(id: &str) -> Option<&'static Op> {
     OPS.iter().find(|o| o.id == id)
 }
@@ -163,6 +176,8 @@ mod tests {
         for o in OPS {
             assert_eq!(op(o.id), Some(o));
             assert!(o.iterations >= 500 && o.target > 1.0);
+            let q = o.quick();
+            assert!(q.iterations >= 25 && q.iterations * 20 == o.iterations && q.warmup >= 1);
         }
     }
 }

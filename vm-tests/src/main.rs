@@ -52,6 +52,10 @@ enum Cmd {
         /// Instruction-counted VMs to run at once (wall-clock VMs always run alone).
         #[arg(long, default_value_t = default_jobs())]
         jobs: usize,
+        /// A twentieth of the iterations: checks that every case is set up and enforcing
+        /// (the test suite runs this); the figures are not benchmark results.
+        #[arg(long)]
+        quick: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
             kernels,
             clocks,
             jobs,
+            quick,
             common,
         } => host::bench::bench(&host::bench::BenchOptions {
             kernels,
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
             timeout: Duration::from_secs(common.timeout),
             memory_mb: common.memory,
             jobs,
+            quick,
         }),
         Cmd::Demo { kernel, common } => host::demo(&options(common, vec![kernel], vec![], 1)),
         Cmd::Package {

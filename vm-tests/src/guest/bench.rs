@@ -126,10 +126,10 @@ fn apparmor_profile() -> String {
 
 /// `vm-guest bench`: every case, every operation; the exit status says whether every case
 /// was set up and proven enforcing (the figures themselves are not judged here).
-pub fn run() -> u8 {
+pub fn run(quick: bool) -> u8 {
     emit(&Event::ScenarioStart("bench".into()));
     let mut ctx = Ctx::new("bench");
-    if let Some(problem) = ctx.run_to_end(run_cases) {
+    if let Some(problem) = ctx.run_to_end(|ctx| run_cases(ctx, quick)) {
         let detail = ctx
             .daemon_stderr_tail()
             .map(|s| format!("enforcerd stderr:\n{s}"));
@@ -148,7 +148,7 @@ pub fn run() -> u8 {
     u8::from(failed)
 }
 
-fn run_cases(ctx: &mut Ctx) -> Result<()> {
+fn run_cases(ctx: &mut Ctx, quick: bool) -> Result<()> {
     fixtures::write(ALLOWED, "allowed\n", 0o644)?;
     fixtures::write(DENIED, "secret\n", 0o644)?;
     let workload = Cgroup::create(WORKLOAD)?;
@@ -156,7 +156,7 @@ fn run_cases(ctx: &mut Ctx) -> Result<()> {
         say(&format!("[bench] case ({}) {}", case.id, case.about));
         let expect = prepare(ctx, case)?;
         for op in OPS {
-            let report = run_worker(&workload, op, expect.apparmor)
+            let report = run_worker(&workload, op, expect.apparmor, quick)
                 .with_context(|| format!("case ({}) {}", case.id, op.id))?;
             say(&format!(
                 "[bench] ({}) {}: median {} ns, p99 {} ns, mean {} ns over {}",
@@ -189,7 +189,7 @@ fn run_cases(ctx: &mut Ctx) -> Result<()> {
             }));
         }
         if ctx.daemon.is_some() {
-            profile_programs(case, &workload)?;
+            profile_programs(case, &workload, quick)?;
         }
         if expect.apparmor {
             let out = run_command(APPARMOR_PARSER, &["-R", "-K", APPARMOR_PROFILE_FILE]);
@@ -207,12 +207,12 @@ fn run_cases(ctx: &mut Ctx) -> Result<()> {
 
 /// The second pass of a case with enforcerd: each loop again with the kernel's BPF run-time
 /// accounting on, reporting what each program cost per run.
-fn profile_programs(case: &Case, workload: &Cgroup) -> Result<()> {
+fn profile_programs(case: &Case, workload: &Cgroup, quick: bool) -> Result<()> {
     const STATS_SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
     std::fs::write(STATS_SWITCH, "1").with_context(|| format!("writing 1 to {STATS_SWITCH}"))?;
     let result = OPS.iter().try_for_each(|op| {
         let before = bpf_program_stats()?;
-        run_worker(workload, op, false)?;
+        run_worker(workload, op, false, quick)?;
         for after in bpf_program_stats()? {
             let Some(b) = before.iter().find(|b| b.id == after.id) else {
                 continue;
@@ -313,11 +313,13 @@ fn prepare(ctx: &mut Ctx, case: &Case) -> Result<Expect> {
 
 /// Forks a child into `cgroup` that execs `vm-guest bench-worker OP` (entering the AppArmor
 /// profile at that exec when asked) and reads its report.
-fn run_worker(cgroup: &Cgroup, op: &Op, apparmor: bool) -> Result<WorkerReport> {
+fn run_worker(cgroup: &Cgroup, op: &Op, apparmor: bool, quick: bool) -> Result<WorkerReport> {
     let program = cstring(EXEC_TARGET);
+    let quick_flag = if quick { Some("--quick") } else { None };
     let args: Vec<CString> = ["vm-guest", "bench-worker", op.id]
-        .iter()
-        .map(|a| CString::new(*a).expect("no NUL"))
+        .into_iter()
+        .chain(quick_flag)
+        .map(|a| CString::new(a).expect("no NUL"))
         .collect();
     let child = spawn_in(Some(cgroup), |report| {
         if apparmor && let Err(e) = enter_profile_on_exec() {
@@ -351,12 +353,15 @@ fn enter_profile_on_exec() -> std::io::Result<()> {
         .or_else(|_| std::fs::write("/proc/self/attr/exec", &cmd))
 }
 
-/// `vm-guest bench-worker OP`: runs one operation's loop, prints a [`WorkerReport`].
-pub fn worker(op_id: &str) -> u8 {
+/// `vm-guest bench-worker OP [--quick]`: runs one operation's loop, prints a
+/// [`WorkerReport`].
+pub fn worker(op_id: &str, quick: bool) -> u8 {
     let Some(op) = crate::bench::op(op_id) else {
         eprintln!("bench-worker: unknown operation {op_id}");
         return 2;
     };
+    let scaled = op.quick();
+    let op = if quick { &scaled } else { op };
     let samples = match op.id {
         "open" => time_open(op),
         "exec" => time_exec(op),

@@ -45,9 +45,17 @@ enum Mode {
     },
     /// Run the benchmark cases (`vm-tests bench`), printing one @@BENCH line per case and
     /// operation.
-    Bench,
+    Bench {
+        /// A twentieth of the runs: proves every case is set up and enforcing, quickly.
+        #[arg(long)]
+        quick: bool,
+    },
     /// One benchmark loop, run by `bench` in the case's cgroup: prints its figures as JSON.
-    BenchWorker { op: String },
+    BenchWorker {
+        op: String,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Open and read a file; print what happened and exit with the errno (0: read it).
     Open { path: String },
 }
@@ -58,10 +66,10 @@ pub fn main() -> ExitCode {
         Mode::Test { .. } => "test",
         Mode::Demo => "demo",
         Mode::Package { .. } => "package",
-        Mode::Bench => "bench",
+        Mode::Bench { .. } => "bench",
         // A probe or a loop inside a workload: no protocol lines.
         Mode::Open { path } => return ExitCode::from(package::open_probe(path)),
-        Mode::BenchWorker { op } => return ExitCode::from(bench::worker(op)),
+        Mode::BenchWorker { op, quick } => return ExitCode::from(bench::worker(op, *quick)),
     };
     emit(&Event::GuestStart(GuestStart {
         kernel: sys::uname_release(),
@@ -71,7 +79,7 @@ pub fn main() -> ExitCode {
         Mode::Test { scenarios } => run_tests(&scenarios),
         Mode::Demo => demo::run(),
         Mode::Package { deb } => package::run_all(&deb),
-        Mode::Bench => bench::run(),
+        Mode::Bench { quick } => bench::run(quick),
         Mode::Open { .. } | Mode::BenchWorker { .. } => unreachable!("handled above"),
     };
     ExitCode::from(code)

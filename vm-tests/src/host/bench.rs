@@ -65,6 +65,8 @@ pub struct BenchOptions {
     pub memory_mb: u32,
     /// Instruction-counted boots to run at once (wall-clock boots always run alone).
     pub jobs: usize,
+    /// A twentieth of the runs (see `Op::quick`): a check that every case works, not figures.
+    pub quick: bool,
 }
 
 /// One boot's figures.
@@ -166,7 +168,14 @@ pub fn bench(opts: &BenchOptions) -> Result<bool> {
     }
 
     let date = today();
-    let text = render(&boots, &date);
+    let mut text = render(&boots, &date);
+    if opts.quick {
+        text.insert_str(
+            0,
+            "**Quick run (--quick): a twentieth of the iterations. These figures check that \
+             every case works; they are not benchmark results.**\n\n",
+        );
+    }
     println!("\n{text}");
     let out = opts.log_dir.join("bench.md");
     std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
@@ -190,7 +199,14 @@ fn run_boot(
         name: label.clone(),
         kernel: path,
         initrd: initrd.to_owned(),
-        append: vec!["enforcerd.mode=bench".to_owned()],
+        append: if opts.quick {
+            vec![
+                "enforcerd.mode=bench".to_owned(),
+                "enforcerd.quick=1".to_owned(),
+            ]
+        } else {
+            vec!["enforcerd.mode=bench".to_owned()]
+        },
         timeout: opts.timeout,
         log_path: opts.log_dir.join(format!("bench-{label}.log")),
         memory_mb: opts.memory_mb,

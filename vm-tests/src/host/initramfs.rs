@@ -27,16 +27,18 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "init: cannot mount cgroup2"
 ip link set lo up || echo "init: cannot bring lo up"
 mode=test
 scenarios=
+quick=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     enforcerd.mode=*) mode="${arg#*=}" ;;
     enforcerd.scenarios=*) scenarios="${arg#*=}" ;;
+    enforcerd.quick=1) quick=--quick ;;
   esac
 done
 if [ -n "$scenarios" ]; then
   /bin/vm-guest "$mode" --scenarios "$scenarios"
 else
-  /bin/vm-guest "$mode"
+  /bin/vm-guest "$mode" $quick
 fi
 status=$?
 sync

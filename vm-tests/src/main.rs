@@ -160,18 +160,12 @@ fn main() -> ExitCode {
             quick,
             common,
         } => host::bench::bench(&host::bench::BenchOptions {
-            kernels,
+            host: options(common, kernels, vec![], jobs),
             clocks: if clocks.is_empty() {
                 vec![host::bench::Clock::Icount, host::bench::Clock::Wall]
             } else {
                 clocks
             },
-            bin_dir: common.bin_dir,
-            kernel_dir: common.kernel_dir.unwrap_or_else(host::default_kernel_dir),
-            log_dir: common.log_dir.unwrap_or_else(host::default_log_dir),
-            timeout: Duration::from_secs(common.timeout),
-            memory_mb: common.memory,
-            jobs,
             quick,
         }),
         Cmd::Demo { kernel, common } => host::demo(&options(common, vec![kernel], vec![], 1)),

@@ -129,19 +129,9 @@ fn apparmor_profile() -> String {
 pub fn run(quick: bool) -> u8 {
     emit(&Event::ScenarioStart("bench".into()));
     let mut ctx = Ctx::new("bench");
-    if let Some(problem) = ctx.run_to_end(|ctx| run_cases(ctx, quick)) {
-        let detail = ctx
-            .daemon_stderr_tail()
-            .map(|s| format!("enforcerd stderr:\n{s}"));
-        ctx.check(
-            "(benchmark aborted)",
-            false,
-            "every case runs",
-            problem,
-            detail,
-        );
-    }
-    ctx.stop_daemon_quietly();
+    ctx.run_recording_abort("(benchmark aborted)", "every case runs", |ctx| {
+        run_cases(ctx, quick)
+    });
     emit(&Event::ScenarioEnd("bench".into()));
     let failed = ctx.failed > 0;
     emit(&Event::Done(if failed { "failed" } else { "ok" }.into()));

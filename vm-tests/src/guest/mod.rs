@@ -99,19 +99,11 @@ fn run_tests(filter: &[String]) -> u8 {
         emit(&Event::ScenarioStart(s.name.into()));
         let started = Instant::now();
         let mut ctx = Ctx::new(s.name);
-        if let Some(problem) = ctx.run_to_end(|ctx| scenarios::run(s.name, ctx)) {
-            let detail = ctx
-                .daemon_stderr_tail()
-                .map(|s| format!("enforcerd stderr:\n{s}"));
-            ctx.check(
-                "(scenario aborted)",
-                false,
-                "the scenario runs to its end",
-                problem,
-                detail,
-            );
-        }
-        ctx.stop_daemon_quietly();
+        ctx.run_recording_abort(
+            "(scenario aborted)",
+            "the scenario runs to its end",
+            |ctx| scenarios::run(s.name, ctx),
+        );
         ctx.note(&format!(
             "{} passed, {} failed in {:.1} s",
             ctx.passed,

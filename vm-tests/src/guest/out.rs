@@ -59,6 +59,23 @@ impl Ctx {
         }
     }
 
+    /// Runs a scenario's body with [`Ctx::run_to_end`]; a body that stopped early becomes the
+    /// failed check `aborted` (with the daemon's stderr). Then stops a daemon left running.
+    pub fn run_recording_abort(
+        &mut self,
+        aborted: &str,
+        expected: &str,
+        body: impl FnOnce(&mut Ctx) -> anyhow::Result<()>,
+    ) {
+        if let Some(problem) = self.run_to_end(body) {
+            let detail = self
+                .daemon_stderr_tail()
+                .map(|s| format!("enforcerd stderr:\n{s}"));
+            self.check(aborted, false, expected, problem, detail);
+        }
+        self.stop_daemon_quietly();
+    }
+
     /// A human-readable line in the log (context for failures).
     pub fn note(&self, msg: &str) {
         say(&format!("[{}] {msg}", self.scenario));

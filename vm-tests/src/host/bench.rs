@@ -8,7 +8,7 @@
 //! at a time after the instruction-counted ones.
 
 use super::report::KernelReport;
-use super::{Scratch, build_initramfs, locate_binaries, qemu, resolve_kernel};
+use super::{Scratch, build_initramfs, locate_binaries, qemu};
 use crate::bench::{BenchResult, CASES, OPS, Op, ProgramCost};
 use crate::protocol::Event;
 use anyhow::{Context as _, Result, bail};
@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Debian's AppArmor parser (package `apparmor`), copied into the initramfs for case (e).
 pub const APPARMOR_PARSER: &str = "/usr/sbin/apparmor_parser";
@@ -56,15 +56,10 @@ impl Clock {
 }
 
 pub struct BenchOptions {
-    pub kernels: Vec<String>,
+    /// Kernels, binaries, directories, time limit and memory as for `vm-tests test`; `jobs`
+    /// is how many instruction-counted boots run at once (wall-clock boots always run alone).
+    pub host: super::Options,
     pub clocks: Vec<Clock>,
-    pub bin_dir: Option<PathBuf>,
-    pub kernel_dir: PathBuf,
-    pub log_dir: PathBuf,
-    pub timeout: Duration,
-    pub memory_mb: u32,
-    /// Instruction-counted boots to run at once (wall-clock boots always run alone).
-    pub jobs: usize,
     /// A twentieth of the runs (see `Op::quick`): a check that every case works, not figures.
     pub quick: bool,
 }
@@ -105,29 +100,26 @@ impl BootFigures {
 /// Runs the benchmark; whether every boot ran every case with its enforcement proven.
 pub fn bench(opts: &BenchOptions) -> Result<bool> {
     let started = Instant::now();
-    let bins = locate_binaries(opts.bin_dir.as_deref(), true)?;
+    let host = &opts.host;
+    let bins = locate_binaries(host.bin_dir.as_deref(), true)?;
     if !Path::new(APPARMOR_PARSER).is_file() {
         bail!("{APPARMOR_PARSER} not found: install Debian's apparmor package (tools/setup does)");
     }
-    std::fs::create_dir_all(&opts.log_dir)
-        .with_context(|| format!("creating {}", opts.log_dir.display()))?;
+    std::fs::create_dir_all(&host.log_dir)
+        .with_context(|| format!("creating {}", host.log_dir.display()))?;
     let scratch = Scratch::new()?;
     let initrd = build_initramfs(
         &bins,
         &scratch,
         vec![(PathBuf::from(APPARMOR_PARSER), "apparmor_parser")],
     )?;
-    let kernels: Vec<String> = if opts.kernels.is_empty() {
-        super::MATRIX.iter().map(|k| k.to_string()).collect()
-    } else {
-        opts.kernels.clone()
-    };
+    let kernels = host.kernel_list();
 
     let mut boots = Vec::new();
     let mut ok = true;
     for clock in &opts.clocks {
         let jobs = if *clock == Clock::Icount {
-            opts.jobs
+            host.jobs
         } else {
             1
         };
@@ -139,15 +131,15 @@ pub fn bench(opts: &BenchOptions) -> Result<bool> {
                     loop {
                         // Not in a `while let`: its guard would hold the lock for the boot.
                         let next = queue.lock().expect("queue").pop_front();
-                        let Some(kernel) = next else { break };
-                        let boot = run_boot(opts, &initrd, &kernel, *clock);
+                        let Some((name, image)) = next else { break };
+                        let boot = run_boot(opts, &initrd, name, image, *clock);
                         done.lock().expect("results").push(boot);
                     }
                 });
             }
         });
         let mut done = done.into_inner().expect("results");
-        done.sort_by_key(|(f, _)| kernels.iter().position(|k| *k == f.kernel));
+        done.sort_by_key(|(f, _)| kernels.iter().position(|(k, _)| *k == f.kernel));
         for (figures, report) in done {
             let complete = figures.complete();
             if report.failed() > 0 || !complete || report.guest_exit != Some(0) {
@@ -177,7 +169,7 @@ pub fn bench(opts: &BenchOptions) -> Result<bool> {
         );
     }
     println!("\n{text}");
-    let out = opts.log_dir.join("bench.md");
+    let out = host.log_dir.join("bench.md");
     std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "tables written to {}; total {:.1} s",
@@ -190,14 +182,15 @@ pub fn bench(opts: &BenchOptions) -> Result<bool> {
 fn run_boot(
     opts: &BenchOptions,
     initrd: &Path,
-    kernel: &str,
+    name: String,
+    image: PathBuf,
     clock: Clock,
 ) -> (BootFigures, KernelReport) {
-    let (name, path) = resolve_kernel(kernel, &opts.kernel_dir);
+    let host = &opts.host;
     let label = format!("{name}-{}", clock.name());
     let spec = qemu::VmSpec {
         name: label.clone(),
-        kernel: path,
+        kernel: image,
         initrd: initrd.to_owned(),
         append: if opts.quick {
             vec![
@@ -207,9 +200,9 @@ fn run_boot(
         } else {
             vec!["enforcerd.mode=bench".to_owned()]
         },
-        timeout: opts.timeout,
-        log_path: opts.log_dir.join(format!("bench-{label}.log")),
-        memory_mb: opts.memory_mb,
+        timeout: host.timeout,
+        log_path: host.log_dir.join(format!("bench-{label}.log")),
+        memory_mb: host.memory_mb,
         qemu_args: clock.qemu_args(),
     };
     println!("[{label}] booting");
@@ -245,14 +238,9 @@ fn run_boot(
     (figures, report)
 }
 
+/// Today's date (UTC), e.g. `2026-11-24`.
 fn today() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().date().to_string()
 }
 
 fn micros(ns: u64) -> String {

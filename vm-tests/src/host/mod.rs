@@ -79,6 +79,21 @@ pub struct Options {
     pub memory_mb: u32,
 }
 
+impl Options {
+    /// The kernels asked for (the whole matrix when none was), as (name, image path).
+    fn kernel_list(&self) -> Vec<(String, PathBuf)> {
+        let names: Vec<&str> = if self.kernels.is_empty() {
+            MATRIX.to_vec()
+        } else {
+            self.kernels.iter().map(String::as_str).collect()
+        };
+        names
+            .into_iter()
+            .map(|k| resolve_kernel(k, &self.kernel_dir))
+            .collect()
+    }
+}
+
 struct Binaries {
     guest: PathBuf,
     daemon: Option<PathBuf>,
@@ -190,17 +205,7 @@ pub fn test(opts: &Options) -> Result<bool> {
         opts.bin_dir.as_deref(),
         selected.iter().any(|s| s.needs_daemon),
     )?;
-    let kernels: Vec<(String, PathBuf)> = if opts.kernels.is_empty() {
-        MATRIX
-            .iter()
-            .map(|k| resolve_kernel(k, &opts.kernel_dir))
-            .collect()
-    } else {
-        opts.kernels
-            .iter()
-            .map(|k| resolve_kernel(k, &opts.kernel_dir))
-            .collect()
-    };
+    let kernels = opts.kernel_list();
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
     let scratch = Scratch::new()?;

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use crate::guest::daemon::status_json;
 use crate::guest::fixtures;
 use crate::guest::out::Ctx;
-use crate::guest::sys::{Cgroup, Outcome, cstring};
+use crate::guest::sys::{Cgroup, Outcome, cstring, try_open};
 
 const OPEN: &str = "/srv/remembered/open";
 const CLOSED: &str = "/srv/remembered/closed";
@@ -22,11 +22,6 @@ fn body(open_action: &str) -> String {
          \x20     - {{path: {OPEN}/, access: [read], action: {open_action}}}\n\
          \x20     - {{path: {EXACT}, access: [read], action: allow}}\n"
     )
-}
-
-/// `open(path, O_RDONLY)` and close.
-fn open_op(path: &str) -> Result<(), i32> {
-    crate::guest::sys::try_open(&cstring(path))
 }
 
 pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
@@ -57,7 +52,9 @@ pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
     // Each target is opened twice while allowed: the second open is answered from memory.
     let allowed_twice = |ctx: &mut Ctx, check: &str, path: &str| {
         for _ in 0..2 {
-            let run = ctx.op(Some(&cg), &format!("open {path}"), || open_op(path));
+            let run = ctx.op(Some(&cg), &format!("open {path}"), || {
+                try_open(&cstring(path))
+            });
             if !ctx.expect(check, &Outcome::Ok, &run) {
                 return false;
             }
@@ -71,7 +68,7 @@ pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
         .context("setup open failed")?;
     std::fs::rename(format!("{OPEN}/dir"), format!("{CLOSED}/dir"))?;
     let run = ctx.op(Some(&cg), "open after its directory moved", || {
-        open_op(&format!("{CLOSED}/dir/f"))
+        try_open(&cstring(format!("{CLOSED}/dir/f")))
     });
     ctx.expect(
         "directory_renamed_out_of_allowed_tree_denied",
@@ -83,7 +80,7 @@ pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
     allowed_twice(ctx, "file_readable_before_rename", &format!("{OPEN}/g"));
     std::fs::rename(format!("{OPEN}/g"), format!("{CLOSED}/g"))?;
     let run = ctx.op(Some(&cg), "open after rename", || {
-        open_op(&format!("{CLOSED}/g"))
+        try_open(&cstring(format!("{CLOSED}/g")))
     });
     ctx.expect(
         "file_renamed_out_of_allowed_tree_denied",
@@ -104,7 +101,7 @@ pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
         if unsafe { libc::unlink(cstring(EXACT).as_ptr()) } != 0 {
             return Err(151);
         }
-        open_op(&format!("/proc/self/fd/{fd}"))
+        try_open(&cstring(format!("/proc/self/fd/{fd}")))
     });
     ctx.expect("unlinked_file_reopen_denied", &Outcome::EPERM, &run);
 
@@ -119,7 +116,7 @@ pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
         if unsafe { libc::chroot(cstring(OPEN).as_ptr()) } != 0 {
             return Err(152);
         }
-        open_op("/h")
+        try_open(c"/h")
     });
     ctx.expect("same_file_under_another_root_denied", &Outcome::EPERM, &run);
 
@@ -144,7 +141,7 @@ pub fn remembered_verdicts_follow_paths_and_rules(ctx: &mut Ctx) -> Result<()> {
         None,
     );
     let run = ctx.op(Some(&cg), "open after the reload", || {
-        open_op(&format!("{OPEN}/k"))
+        try_open(&cstring(format!("{OPEN}/k")))
     });
     ctx.expect("file_denied_after_reload", &Outcome::EPERM, &run);
     Ok(())

@@ -71,6 +71,10 @@ pub mod reason {
     pub const READ_FAILED: u8 = 4;
     /// The per-CPU path buffer was overwritten by other tasks' decisions on every attempt.
     pub const CONTENDED: u8 = 5;
+    /// A hard link would give the file a name that allows what its own name denies.
+    pub const LINK: u8 = 6;
+    /// A rename would give the file (or directory) a name that allows what its own denies.
+    pub const RENAME: u8 = 7;
 }
 
 /// File access bits, from the open mode (`FMODE_READ` / `FMODE_WRITE`).
@@ -334,6 +338,7 @@ pub mod globals {
     pub const FS_STRUCT_ROOT: &str = "OFF_FS_STRUCT_ROOT";
     pub const QSTR_HASH_LEN: &str = "OFF_QSTR_HASH_LEN";
     pub const INODE_I_MODE: &str = "OFF_INODE_I_MODE";
+    pub const DENTRY_D_INODE: &str = "OFF_DENTRY_D_INODE";
     pub const MSGHDR_MSG_NAME: &str = "OFF_MSGHDR_MSG_NAME";
     pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// `sock.__sk_common.skc_family`, from the start of `struct sock`.

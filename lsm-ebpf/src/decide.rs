@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-    bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_send_signal, generated,
+    bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_send_signal,
 };
 use enforcerd_common::{
     AggKey, AggState, EVENT_PATH_BYTES, EXE_PATH_BYTES, Event, MAX_CGROUP_LEVELS, ProfileConfig,
@@ -11,7 +11,6 @@ use enforcerd_common::{
 };
 
 use core::{
-    ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
     ptr::{read_volatile, write_volatile},
 };
@@ -22,6 +21,7 @@ use crate::{
         PathScratch, RESOLVED_CGROUPS, ResolvedCgroup,
     },
     offsets,
+    path_walk::{EFAULT, read_ptr, walk},
 };
 
 pub const EPERM: i32 = 1;
@@ -157,6 +157,8 @@ pub struct Detail {
     /// The `struct file` decided on (exec and file hooks), or null: its inode identifies the
     /// target for aggregation.
     pub file: *const u8,
+    /// The dentry decided on where there is no file (link and rename), or null: likewise.
+    pub dentry: *const u8,
 }
 
 impl Detail {
@@ -173,6 +175,7 @@ impl Detail {
             scratch: core::ptr::null_mut(),
             path_len: 0,
             file: core::ptr::null(),
+            dentry: core::ptr::null(),
         }
     }
 }
@@ -208,7 +211,7 @@ pub fn verdict(governed: &Governed, denied: bool, detail: &Detail) -> i32 {
 #[inline(always)]
 fn report(profile_id: u32, decision: u8, detail: &Detail) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (inode, dev) = file_identity(detail.file);
+    let (inode, dev) = target_identity(detail);
     let key = AggKey {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         inode,
@@ -319,14 +322,18 @@ fn fold(state: *mut AggState, hook: u8) {
     count(hook, counter::AGGREGATED);
 }
 
-/// (inode number, device) of a `struct file`, or zeros when there is none or a read fails.
+/// (inode number, device) of the decided file (`detail.file`'s inode, else `detail.dentry`'s),
+/// or zeros when there is none or a read fails.
 #[inline(always)]
-fn file_identity(file: *const u8) -> (u64, u32) {
-    if file.is_null() {
-        return (0, 0);
-    }
+fn target_identity(detail: &Detail) -> (u64, u32) {
     let read = || -> Result<(u64, u32), i32> {
-        let inode = unsafe { read_ptr(file.add(offsets::file_f_inode()))? };
+        let inode = if !detail.file.is_null() {
+            unsafe { read_ptr(detail.file.add(offsets::file_f_inode()))? }
+        } else if !detail.dentry.is_null() {
+            unsafe { read_ptr(detail.dentry.add(offsets::dentry_d_inode()))? }
+        } else {
+            return Ok((0, 0));
+        };
         let ino: u64 =
             unsafe { bpf_probe_read_kernel(inode.add(offsets::inode_i_ino()) as *const u64) }
                 .map_err(|_| -EFAULT)?;
@@ -341,34 +348,11 @@ fn file_identity(file: *const u8) -> (u64, u32) {
 
 /// Most path components (and mount crossings) walked for the executable path.
 const EXE_WALK_STEPS: u32 = 64;
-const ENAMETOOLONG: i32 = 36;
-const EFAULT: i32 = 14;
 const ENOENT: i32 = 2;
 
-#[inline(always)]
-unsafe fn read_ptr(at: *const u8) -> Result<*const u8, i32> {
-    unsafe { bpf_probe_read_kernel(at as *const *const u8) }.map_err(|_| -EFAULT)
-}
-
-/// Where the executable path walk is (see `exe_path`).
-#[repr(C)]
-struct ExeWalk {
-    exe: *mut u8,
-    dentry: *const u8,
-    vfsmnt: *const u8,
-    mnt: *const u8,
-    /// Where the path built so far starts in `exe`.
-    pos: u32,
-    /// The walk's outcome once it stopped: `pos`, or a negative errno.
-    result: i32,
-}
-
-/// Builds `current->mm->exe_file`'s path into `exe`, from its last component backwards, the
-/// way `d_path` walks: up the dentries, crossing to the parent mount at each mount root, to
-/// the root of the task's mount tree. Returns where the path starts in `exe`, or a negative
-/// errno. Only runs for reported decisions, never on the allow path. The walk is a
-/// `bpf_loop` callback: the verifier checks one step instead of unrolling every path
-/// through the loop.
+/// Builds `current->mm->exe_file`'s path into `exe` (see `path_walk`), up to the root of the
+/// task's mount tree. Returns where the path starts in `exe`, or a negative errno. Only runs
+/// for reported decisions, never on the allow path.
 #[inline(always)]
 fn exe_path(exe: *mut u8) -> i32 {
     let task = unsafe { bpf_get_current_task() } as *const u8;
@@ -393,93 +377,8 @@ fn exe_path(exe: *mut u8) -> i32 {
     }) else {
         return -EFAULT;
     };
-    let mut walk = ExeWalk {
-        exe,
-        dentry,
-        vfsmnt,
-        mnt: unsafe { vfsmnt.sub(offsets::mount_mnt()) },
-        pos: EXE_PATH_BYTES as u32,
-        result: -ENAMETOOLONG,
-    };
-    unsafe {
-        generated::bpf_loop(
-            EXE_WALK_STEPS,
-            exe_walk_step as *mut c_void,
-            &raw mut walk as *mut c_void,
-            0,
-        )
-    };
-    if walk.result == EXE_PATH_BYTES as i32 {
-        // The executable is the root directory itself: not a real case, but well-formed.
-        unsafe { *exe.add(EXE_PATH_BYTES - 1) = b'/' };
-        return EXE_PATH_BYTES as i32 - 1;
-    }
-    walk.result
-}
-
-/// One step of the executable path walk: prepend one path component, or cross one mount.
-/// Returns 1 to stop (done or failed, see `ExeWalk::result`), 0 to go on.
-extern "C" fn exe_walk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    let w = unsafe { &mut *(ctx as *mut ExeWalk) };
-    let Ok(mnt_root) = (unsafe { read_ptr(w.vfsmnt.add(offsets::vfsmount_mnt_root())) }) else {
-        w.result = -EFAULT;
-        return 1;
-    };
-    if w.dentry == mnt_root {
-        let Ok(parent_mnt) = (unsafe { read_ptr(w.mnt.add(offsets::mount_mnt_parent())) }) else {
-            w.result = -EFAULT;
-            return 1;
-        };
-        if parent_mnt == w.mnt {
-            w.result = w.pos as i32;
-            return 1;
-        }
-        let Ok(mountpoint) = (unsafe { read_ptr(w.mnt.add(offsets::mount_mnt_mountpoint())) })
-        else {
-            w.result = -EFAULT;
-            return 1;
-        };
-        w.dentry = mountpoint;
-        w.mnt = parent_mnt;
-        w.vfsmnt = unsafe { parent_mnt.add(offsets::mount_mnt()) };
-        return 0;
-    }
-    let name = unsafe { w.dentry.add(offsets::dentry_d_name()) };
-    let (Ok(parent), Ok(len), Ok(chars)) = (unsafe {
-        (
-            read_ptr(w.dentry.add(offsets::dentry_d_parent())),
-            bpf_probe_read_kernel(name.add(offsets::qstr_len()) as *const u32),
-            read_ptr(name.add(offsets::qstr_name())),
-        )
-    }) else {
-        w.result = -EFAULT;
-        return 1;
-    };
-    if len == 0 || len >= w.pos {
-        w.result = -ENAMETOOLONG;
-        return 1;
-    }
-    w.pos -= len + 1;
-    let at = (w.pos as usize) & (EXE_PATH_BYTES - 1);
-    let failed = unsafe {
-        *w.exe.add(at) = b'/';
-        generated::bpf_probe_read_kernel(
-            w.exe.add(at + 1) as *mut c_void,
-            len & (EXE_PATH_BYTES as u32 - 1),
-            chars as *const c_void,
-        )
-    } != 0;
-    if failed {
-        w.result = -EFAULT;
-        return 1;
-    }
-    if parent == w.dentry {
-        // The root of a tree that is not mounted (a lazily unmounted filesystem).
-        w.result = w.pos as i32;
-        return 1;
-    }
-    w.dentry = parent;
-    0
+    let none = core::ptr::null();
+    walk::<EXE_PATH_BYTES>(exe, dentry, vfsmnt, (none, none), false, EXE_WALK_STEPS)
 }
 
 /// `current->real_parent->tgid`, or 0 if a read fails.

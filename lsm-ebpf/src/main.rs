@@ -8,11 +8,13 @@
 #![allow(internal_features)]
 #![no_main]
 
+mod aliases;
 mod cgroups;
 mod decide;
 mod file_verdicts;
 mod maps;
 mod offsets;
+mod path_walk;
 mod programs;
 
 #[cfg(not(test))]

@@ -134,6 +134,17 @@ pub struct PathScratch {
 #[map]
 pub static SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU room for a path built backwards by `path_walk` (link and rename hooks), before it
+/// is copied into `SCRATCH` as a trie key. Twice the path size: see `path_walk::walk`. Its
+/// users write `SCRATCH.owner` before they walk, so that owner check covers this buffer too.
+#[repr(C)]
+pub struct WalkBuffer {
+    pub bytes: [u8; 2 * PATH_BUF_BYTES],
+}
+
+#[map]
+pub static WALK_BUFFER: PerCpuArray<WalkBuffer> = PerCpuArray::with_max_entries(1, 0);
+
 /// Marks a build: its size is `ENFORCERD_BPF_BUILD` (a number) when set at build time, else 1.
 /// No program uses it. The VM suite builds a second binary with another value, so that the
 /// upgrade scenario hands over between two genuinely different BPF objects.

@@ -80,6 +80,8 @@ static OFF_FS_STRUCT_ROOT: u64 = 0;
 static OFF_QSTR_HASH_LEN: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_INODE_I_MODE: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_DENTRY_D_INODE: u64 = 0;
 
 /// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
 #[unsafe(no_mangle)]
@@ -237,4 +239,8 @@ pub fn bprm_buf() -> usize {
 #[inline(always)]
 pub fn mm_saved_auxv() -> usize {
     unsafe { read_volatile(&OFF_MM_SAVED_AUXV) as usize }
+}
+#[inline(always)]
+pub fn dentry_d_inode() -> usize {
+    unsafe { read_volatile(&OFF_DENTRY_D_INODE) as usize }
 }

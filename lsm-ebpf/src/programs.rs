@@ -37,7 +37,7 @@ const AF_INET6: u16 = 10;
 const SOCK_STREAM: i16 = 1;
 const SOCK_DGRAM: i16 = 2;
 /// LPM prefix length covering a whole `PathKey` / `NetKey`.
-const PATH_KEY_BITS: u32 = 8 * (4 + RULE_PATH_BYTES as u32);
+pub const PATH_KEY_BITS: u32 = 8 * (4 + RULE_PATH_BYTES as u32);
 const NET_KEY_BITS: u32 = 8 * core::mem::size_of::<NetKey>() as u32;
 
 /// Exec: decided on the file the kernel opened for execution (`bprm->file`), by its resolved
@@ -263,7 +263,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// Whether the profile refuses `access` given the file rule found (read verdict | write
 /// verdict << 8; 0 for none, which means the profile's defaults).
 #[inline(always)]
-fn file_denied(governed: &Governed, found: u16, access: u8) -> bool {
+pub fn file_denied(governed: &Governed, found: u16, access: u8) -> bool {
     let (read, write) = if found == 0 {
         (
             governed.config.file_read_default,
@@ -278,7 +278,7 @@ fn file_denied(governed: &Governed, found: u16, access: u8) -> bool {
 
 /// How often a path lookup is retried when another task's program run overwrote the scratch
 /// buffer meanwhile (it takes a preemption inside the program each time).
-const PATH_ATTEMPTS: u32 = 4;
+pub const PATH_ATTEMPTS: u32 = 4;
 
 /// Resolves `f_path` into the per-CPU scratch key and looks it up in the governing profile's
 /// part of a path trie with `lookup` (which returns plain values: an `Option` payload would be
@@ -329,7 +329,7 @@ fn lookup_path<T: Copy>(
 
 /// The scratch buffer's head, seen as a path trie key.
 #[inline(always)]
-fn as_path_key(scratch: &PathScratch) -> &Key<PathKey> {
+pub fn as_path_key(scratch: &PathScratch) -> &Key<PathKey> {
     // SAFETY: PathScratch starts with the same bytes as Key<PathKey> (prefix_len, profile id,
     // path) and is larger; both are plain bytes.
     unsafe { &*(scratch as *const PathScratch as *const Key<PathKey>) }

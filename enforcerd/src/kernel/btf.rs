@@ -53,6 +53,7 @@ pub struct Offsets {
     pub fs_struct_root: u64,
     pub qstr_hash_len: u64,
     pub inode_i_mode: u64,
+    pub dentry_d_inode: u64,
     pub msghdr_msg_name: u64,
     pub socket_sk: u64,
     pub sock_family: u64,
@@ -99,6 +100,7 @@ impl Offsets {
             fs_struct_root: member_offset(&btf, "fs_struct", "root")?,
             qstr_hash_len: member_offset(&btf, "qstr", "hash_len")?,
             inode_i_mode: member_offset(&btf, "inode", "i_mode")?,
+            dentry_d_inode: member_offset(&btf, "dentry", "d_inode")?,
             msghdr_msg_name: member_offset(&btf, "msghdr", "msg_name")?,
             socket_sk: member_offset(&btf, "socket", "sk")?,
             sock_family: member_offset(&btf, "sock", "__sk_common")?
@@ -109,7 +111,7 @@ impl Offsets {
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 37] {
+    pub fn globals(&self) -> [(&'static str, u64); 38] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -144,6 +146,7 @@ impl Offsets {
             (g::FS_STRUCT_ROOT, self.fs_struct_root),
             (g::QSTR_HASH_LEN, self.qstr_hash_len),
             (g::INODE_I_MODE, self.inode_i_mode),
+            (g::DENTRY_D_INODE, self.dentry_d_inode),
             (g::MSGHDR_MSG_NAME, self.msghdr_msg_name),
             (g::SOCKET_SK, self.socket_sk),
             (g::SOCK_FAMILY, self.sock_family),

@@ -36,7 +36,7 @@ pub const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// (program name in the object, LSM hook).
-pub const PROGRAMS: [(&str, &str); 10] = [
+pub const PROGRAMS: [(&str, &str); 12] = [
     ("bprm_check_security", "bprm_check_security"),
     ("file_open", "file_open"),
     ("socket_connect", "socket_connect"),
@@ -48,6 +48,9 @@ pub const PROGRAMS: [(&str, &str); 10] = [
     // image, the first executable mapping consumes it).
     ("bprm_committed_creds", "bprm_committed_creds"),
     ("mmap_file", "mmap_file"),
+    // Links and renames by governed tasks may not give a file a name that allows more.
+    ("path_link", "path_link"),
+    ("path_rename", "path_rename"),
     // Keep file_open's remembered verdicts true to the paths (see lsm-ebpf's file_verdicts).
     ("inode_rename", "inode_rename"),
     ("inode_unlink", "inode_unlink"),

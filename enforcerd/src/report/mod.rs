@@ -230,6 +230,8 @@ pub fn describe(
             reason::PATH_UNRESOLVED => "path-unresolved",
             reason::READ_FAILED => "read-failed",
             reason::CONTENDED => "contended",
+            reason::LINK => "link",
+            reason::RENAME => "rename",
             _ => "unknown",
         }
         .into(),
@@ -489,6 +491,16 @@ mod tests {
             (d.target.as_str(), d.reason.as_str()),
             ("", "path-unresolved")
         );
+    }
+
+    #[test]
+    fn link_and_rename_refusals_name_their_reason() {
+        for (code, name) in [(reason::LINK, "link"), (reason::RENAME, "rename")] {
+            let mut e = event(hook::FILE);
+            e.reason = code;
+            let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);
+            assert_eq!(d.reason, name);
+        }
     }
 
     #[test]

@@ -381,6 +381,43 @@ pub fn attack_exec_from_fd(ctx: &mut Ctx) -> Result<()> {
 const HARDLINK: &str = "/opt/allowed/hardlink-to-denied";
 const SYMLINK: &str = "/opt/allowed/symlink-to-denied";
 
+/// `link(2)`: the errno if it failed.
+fn link_op(from: &str, to: &str) -> Result<(), i32> {
+    std::fs::hard_link(from, to).map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// `rename(2)`: the errno if it failed.
+fn rename_op(from: &str, to: &str) -> Result<(), i32> {
+    std::fs::rename(from, to).map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+/// Checks that `path` exists or not, as `expected` says.
+fn check_exists(ctx: &mut Ctx, check: &str, path: &str, expected: bool) {
+    let exists = std::path::Path::new(path).exists();
+    ctx.check(
+        check,
+        exists == expected,
+        format!(
+            "{path} {}",
+            if expected { "exists" } else { "does not exist" }
+        ),
+        format!("{path} exists: {exists}"),
+        None,
+    );
+}
+
+/// An audit decision with this `reason` and target.
+fn audited_alias(ctx: &mut Ctx, check: &str, run: &Run, hook: &str, reason: &str, target: &str) {
+    audited_where(
+        ctx,
+        check,
+        Some(run),
+        hook,
+        &format!("{target} with reason {reason:?}"),
+        |v| v["target"] == target && v["reason"] == reason,
+    );
+}
+
 pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
     fixtures::denied_busybox()?;
     std::fs::create_dir_all(ALLOWED_DIR)?;
@@ -407,6 +444,45 @@ pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
         &Outcome::Exited(0),
         &r,
     );
+
+    // The workload itself links the denied binary into the allowed directory: refused
+    // (the new name would allow an exec the binary's own name denies), and nothing is made.
+    let workload_link = format!("{ALLOWED_DIR}/workload-link-to-denied");
+    let _ = std::fs::remove_file(&workload_link);
+    let what = format!("link({DENIED_BUSYBOX}, {workload_link})");
+    let r = ctx.op(g, &what, || link_op(DENIED_BUSYBOX, &workload_link));
+    ctx.expect(
+        "workload_hard_link_of_denied_binary_into_allowed_dir_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    check_exists(ctx, "workload_hard_link_not_made", &workload_link, false);
+    // Linking an allowed binary to another allowed name adds nothing: allowed.
+    let allowed_link = format!("{ALLOWED_DIR}/workload-link-to-allowed");
+    let _ = std::fs::remove_file(&allowed_link);
+    let r = ctx.op(g, &format!("link({BUSYBOX}, {allowed_link})"), || {
+        link_op(BUSYBOX, &allowed_link)
+    });
+    ctx.expect(
+        "workload_hard_link_of_allowed_binary_allowed",
+        &Outcome::Ok,
+        &r,
+    );
+
+    let r = ctx.op(Some(&cg.audit), &what, || {
+        link_op(DENIED_BUSYBOX, &workload_link)
+    });
+    ctx.expect("audit_workload_hard_link_made", &Outcome::Ok, &r);
+    audited_alias(
+        ctx,
+        "audit_workload_hard_link_reported",
+        &r,
+        "exec",
+        "link",
+        DENIED_BUSYBOX,
+    );
+    let _ = std::fs::remove_file(&workload_link);
+    let _ = std::fs::remove_file(&allowed_link);
 
     let r = ctx.exec(Some(&cg.audit), &Exec::path(SYMLINK, &["busybox", "true"]));
     ctx.expect("audit_symlink_runs", &Outcome::Exited(0), &r);
@@ -489,6 +565,90 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
         read_op(&renamed_src)
     });
     ctx.expect("file_to_rename_denied_before", &Outcome::EPERM, &r);
+
+    // The workload itself renames or links a denied file, or a directory of the denied
+    // tree, into the allowed tree: refused, nothing moves.
+    let moved_src = format!("{DENIED_TREE}/moved");
+    let moved_dst = format!("{ALLOWED_TREE}/moved");
+    let dir_src = format!("{DENIED_TREE}/subdir");
+    let dir_dst = format!("{ALLOWED_TREE}/subdir");
+    let link_dst = format!("{ALLOWED_TREE}/link-to-secret");
+    fixtures::write(&moved_src, CONTENT, 0o644)?;
+    fixtures::write(&format!("{dir_src}/inner"), CONTENT, 0o644)?;
+    let rename_what = format!("rename({moved_src}, {moved_dst})");
+    let r = ctx.op(g, &rename_what, || rename_op(&moved_src, &moved_dst));
+    ctx.expect(
+        "workload_rename_of_denied_file_into_allowed_tree_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    check_exists(ctx, "denied_file_not_moved", &moved_src, true);
+    let r = ctx.op(g, &format!("rename({dir_src}, {dir_dst})"), || {
+        rename_op(&dir_src, &dir_dst)
+    });
+    ctx.expect(
+        "workload_rename_of_denied_directory_into_allowed_tree_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    check_exists(ctx, "denied_directory_not_moved", &dir_src, true);
+    let elsewhere = "/srv/attack/elsewhere";
+    let r = ctx.op(g, &format!("rename({DENIED_TREE}, {elsewhere})"), || {
+        rename_op(DENIED_TREE, elsewhere)
+    });
+    ctx.expect(
+        "workload_rename_of_the_denied_tree_itself_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    check_exists(ctx, "denied_tree_not_moved", DENIED_TREE, true);
+    let link_what = format!("link({DENIED_FILE}, {link_dst})");
+    let r = ctx.op(g, &link_what, || link_op(DENIED_FILE, &link_dst));
+    ctx.expect(
+        "workload_hard_link_of_denied_file_into_allowed_tree_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    check_exists(ctx, "denied_file_link_not_made", &link_dst, false);
+    // Renames that add nothing stay allowed: within the allowed tree, and from it into the
+    // denied one.
+    let harmless_a = format!("{ALLOWED_TREE}/harmless-a");
+    let harmless_b = format!("{ALLOWED_TREE}/harmless-b");
+    fixtures::write(&harmless_a, CONTENT, 0o644)?;
+    let r = ctx.op(g, &format!("rename({harmless_a}, {harmless_b})"), || {
+        rename_op(&harmless_a, &harmless_b)
+    });
+    ctx.expect(
+        "workload_rename_within_allowed_tree_allowed",
+        &Outcome::Ok,
+        &r,
+    );
+    let into_denied = format!("{DENIED_TREE}/harmless");
+    let r = ctx.op(g, &format!("rename({harmless_b}, {into_denied})"), || {
+        rename_op(&harmless_b, &into_denied)
+    });
+    ctx.expect("workload_rename_into_denied_tree_allowed", &Outcome::Ok, &r);
+    let a = Some(&cg.audit);
+    let r = ctx.op(a, &rename_what, || rename_op(&moved_src, &moved_dst));
+    ctx.expect("audit_workload_rename_made", &Outcome::Ok, &r);
+    audited_alias(
+        ctx,
+        "audit_workload_rename_reported",
+        &r,
+        "file",
+        "rename",
+        &moved_src,
+    );
+    let r = ctx.op(a, &link_what, || link_op(DENIED_FILE, &link_dst));
+    ctx.expect("audit_workload_hard_link_made", &Outcome::Ok, &r);
+    audited_alias(
+        ctx,
+        "audit_workload_hard_link_reported",
+        &r,
+        "file",
+        "link",
+        DENIED_FILE,
+    );
 
     // Rename by root outside the governed cgroup, then read from inside.
     std::fs::rename(&renamed_src, &renamed_dst).context("renaming into the allowed tree")?;

@@ -147,6 +147,8 @@ fn pinned_generation(ctx: &mut Ctx, which: &str) -> Result<PathBuf> {
         "socket_sendmsg",
         "bprm_committed_creds",
         "mmap_file",
+        "path_link",
+        "path_rename",
     ]
     .map(|l| generation.join(format!("link_{l}")));
     let ok = generation.starts_with(PIN_ROOT) && links.iter().all(|l| l.exists());

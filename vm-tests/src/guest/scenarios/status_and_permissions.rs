@@ -192,7 +192,7 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
     );
     ctx.check(
         "status_shows_every_program_attached",
-        attached == 12
+        attached == 14
             && hooks
                 == [
                     "bprm_check_security",
@@ -203,13 +203,15 @@ pub fn status_shows_what_is_enforced_to_root_only(ctx: &mut Ctx) -> Result<()> {
                     "inode_rmdir",
                     "inode_unlink",
                     "mmap_file",
+                    "path_link",
+                    "path_rename",
                     "socket_connect",
                     "socket_sendmsg",
                     "tracepoint/cgroup_mkdir",
                     "tracepoint/cgroup_rmdir",
                 ],
-        "12 programs, all attached: exec, exec commit, mmap, file open, the four that keep \
-         file_open's remembered verdicts true, connect, sendmsg, cgroup mkdir and rmdir",
+        "14 programs, all attached: exec, exec commit, mmap, file open, link, rename, the four \
+         that keep file_open's remembered verdicts true, connect, sendmsg, cgroup mkdir and rmdir",
         format!(
             "{} programs, {attached} attached: {}",
             programs.len(),

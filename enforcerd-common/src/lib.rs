@@ -145,6 +145,11 @@ pub struct ExecRule {
 pub struct FileRule {
     pub read: u8,
     pub write: u8,
+    /// 1 on a *directory marker*: the entry `D/` + NUL for a directory `D/` (never `/`) below
+    /// which the profile has a file or exec rule. No opened file's path ends in `/`, so only
+    /// the link and rename hooks, which look up a directory's name with a trailing `/`, find
+    /// it; its `read`/`write` are what that lookup would find without it.
+    pub beneath: u8,
 }
 
 /// Data part of the LPM trie key for connect rules: profile, protocol, port, family, then the
@@ -392,7 +397,7 @@ const _: () = {
     assert!(core::mem::size_of::<ProfileConfig>() == 8);
     assert!(core::mem::size_of::<PathKey>() == 256);
     assert!(core::mem::size_of::<NetKey>() == 24);
-    assert!(core::mem::size_of::<FileRule>() == 2);
+    assert!(core::mem::size_of::<FileRule>() == 3);
     assert!(core::mem::size_of::<NetRule>() == 2);
     assert!(
         core::mem::size_of::<Event>()

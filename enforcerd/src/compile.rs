@@ -14,6 +14,11 @@
 //!   specific rule that covers the entry's path and names that access kind (an exact rule on
 //!   the same path, then the longest covering subtree; the subtree `/d/` covers `/d`), else the
 //!   profile's `files.default`.
+//! - **Directory markers** (in the file trie): for every directory `D/` other than `/` that
+//!   has a file or exec rule strictly below it, the entry `D/` + NUL with the file verdicts a
+//!   lookup of that key finds anyway and `beneath = 1`. The link and rename hooks look a
+//!   directory up by its name with a trailing `/` and refuse to move one that has rules below
+//!   its old or new name; no opened file's path ends in `/`, so `file_open` never meets one.
 //! - **Network**: one entry per rule, protocol and port (port 0 = any port when the rule lists
 //!   none): key = profile id (BE), protocol, family, port (BE), address with host bits zero
 //!   (IPv4 in the first 4 bytes), `prefix_len = 64 + cidr_len`. When the same key comes from
@@ -50,7 +55,7 @@ pub fn compile(id: u32, profile: &Profile) -> CompiledProfile {
         id,
         config: config(profile),
         exec_rules: exec_rules(id, &profile.exec),
-        file_rules: file_rules(id, &profile.files),
+        file_rules: file_rules(id, &profile.files, &profile.exec),
         net_rules: net_rules(id, &profile.network.connect),
     }
 }
@@ -158,7 +163,7 @@ struct Decides {
     write: Option<Verdict>,
 }
 
-fn file_rules(id: u32, files: &FilePolicy) -> Vec<(u32, PathKey, FileRule)> {
+fn file_rules(id: u32, files: &FilePolicy, exec: &ExecPolicy) -> Vec<(u32, PathKey, FileRule)> {
     // Explicit rules by path (the parser refuses two rules deciding the same path and access;
     // rules for different access kinds on one path combine).
     let mut exact: HashMap<&str, Decides> = HashMap::new();
@@ -200,6 +205,7 @@ fn file_rules(id: u32, files: &FilePolicy) -> Vec<(u32, PathKey, FileRule)> {
         FileRule {
             read: code(read.unwrap_or(default)),
             write: code(write.unwrap_or(default)),
+            beneath: 0,
         }
     };
 
@@ -220,6 +226,21 @@ fn file_rules(id: u32, files: &FilePolicy) -> Vec<(u32, PathKey, FileRule)> {
             entries.insert(stored(&RulePath::Exact(d.to_owned())), rule);
         }
     }
+    let rule_paths = files
+        .rules
+        .iter()
+        .map(|r| &r.path)
+        .chain(&exec.allow)
+        .chain(&exec.deny);
+    for path in rule_paths {
+        for dir in directories_above(path) {
+            let mut marker = resolve(None, dir);
+            marker.beneath = 1;
+            let mut bytes = dir.as_bytes().to_vec();
+            bytes.push(0);
+            entries.insert(bytes, marker);
+        }
+    }
     entries
         .into_iter()
         .map(|(bytes, rule)| {
@@ -227,6 +248,18 @@ fn file_rules(id: u32, files: &FilePolicy) -> Vec<(u32, PathKey, FileRule)> {
             (len, key, rule)
         })
         .collect()
+}
+
+/// The directories (ending in `/`) strictly above a rule path, `/` excluded: `/a/b/c` and
+/// `/a/b/c/` give `/a/` and `/a/b/`.
+fn directories_above(path: &RulePath) -> impl Iterator<Item = &str> {
+    let p = match path {
+        RulePath::Exact(p) => p.as_str(),
+        RulePath::Subtree(s) => s.strip_suffix('/').unwrap_or(s),
+    };
+    p.char_indices()
+        .filter(|(i, c)| *c == '/' && *i > 0)
+        .map(move |(i, _)| &p[..=i])
 }
 
 fn net_rules(id: u32, connect: &ConnectPolicy) -> Vec<(u32, NetKey, NetRule)> {
@@ -308,9 +341,20 @@ mod tests {
             .replace('\0', "\\0")
     }
 
+    /// The file trie's rule entries (directory markers left out).
     fn files(c: &CompiledProfile) -> Vec<(String, u8, u8)> {
         c.file_rules
             .iter()
+            .filter(|(_, _, r)| r.beneath == 0)
+            .map(|(len, k, r)| (shown(*len, k), r.read, r.write))
+            .collect()
+    }
+
+    /// The file trie's directory markers.
+    fn markers(c: &CompiledProfile) -> Vec<(String, u8, u8)> {
+        c.file_rules
+            .iter()
+            .filter(|(_, _, r)| r.beneath == 1)
             .map(|(len, k, r)| (shown(*len, k), r.read, r.write))
             .collect()
     }
@@ -471,10 +515,55 @@ mod tests {
             .map(|(p, (r, w))| (p, r, w))
             .collect::<Vec<_>>()
         );
-        let (len, key, rule) = &c.file_rules[0];
+        let (len, key, rule) = c
+            .file_rules
+            .iter()
+            .find(|(_, k, _)| k.path.starts_with(b"/etc/shadow"))
+            .unwrap();
         assert_eq!(*len, 32 + 8 * 12);
         assert_eq!(&key.path[..12], b"/etc/shadow\0");
-        assert_eq!(*rule, FileRule { read: D, write: D });
+        assert_eq!(
+            *rule,
+            FileRule {
+                read: D,
+                write: D,
+                beneath: 0
+            }
+        );
+    }
+
+    #[test]
+    fn compile_marks_directories_with_rules_below_them() {
+        let c = compile(
+            1,
+            &profile(
+                "  exec:\n    default: deny\n    allow: [/usr/bin/, /opt/app/bin/tool]\n  \
+                 files:\n    default: allow\n    rules:\n      \
+                 - {path: /etc/shadow, access: [read], action: deny}\n      \
+                 - {path: /srv/data/private/, access: [read, write], action: deny}\n      \
+                 - {path: /srv/, access: [write], action: deny}\n",
+            ),
+        );
+        // Each directory above a rule once, `/` never; the verdicts a lookup of `D/` + NUL
+        // finds without the marker (`/srv/data/` inherits write-deny from `/srv/`).
+        assert_eq!(
+            markers(&c),
+            [
+                ("/etc/\\0", A, A),
+                ("/opt/\\0", A, A),
+                ("/opt/app/\\0", A, A),
+                ("/opt/app/bin/\\0", A, A),
+                ("/srv/\\0", A, D),
+                ("/srv/data/\\0", A, D),
+                ("/usr/\\0", A, A),
+            ]
+            .map(|(p, r, w)| (p.to_owned(), r, w))
+        );
+        // Every marker key ends in "/" + NUL, which no opened file's path does.
+        for (len, key, r) in &c.file_rules {
+            let n = (*len as usize - 32) / 8;
+            assert_eq!(r.beneath == 1, key.path[..n].ends_with(b"/\0"));
+        }
     }
 
     #[test]
@@ -650,8 +739,11 @@ mod tests {
             "compiled 10,000 file rules into {} entries in {elapsed:?}",
             c.file_rules.len()
         );
-        // 5,000 subtrees (+ their implied directories) and 5,000 exact files.
-        assert_eq!(c.file_rules.len(), 15_000);
+        // 5,000 subtrees (+ their implied directories) and 5,000 exact files; directory
+        // markers: `/srv/`, `/srv/tenants/`, 100 x (`tN/`, `tN/data/`), and 5,000 x (`dM/`,
+        // `deep/`, `er/`, `still/`) above the exact files.
+        assert_eq!(files(&c).len(), 15_000);
+        assert_eq!(markers(&c).len(), 2 + 200 + 20_000);
         let find = |path: &str| {
             c.file_rules
                 .iter()
@@ -661,15 +753,27 @@ mod tests {
         };
         assert_eq!(
             find("/srv/tenants/t0/data/d0/"),
-            FileRule { read: A, write: D }
+            FileRule {
+                read: A,
+                write: D,
+                beneath: 0
+            }
         );
         assert_eq!(
             find("/srv/tenants/t0/data/d0\\0"),
-            FileRule { read: A, write: D }
+            FileRule {
+                read: A,
+                write: D,
+                beneath: 0
+            }
         );
         assert_eq!(
             find("/srv/tenants/t0/data/d1/deep/er/still/file.txt\\0"),
-            FileRule { read: D, write: A }
+            FileRule {
+                read: D,
+                write: A,
+                beneath: 0
+            }
         );
         assert!(
             elapsed < std::time::Duration::from_secs(5),

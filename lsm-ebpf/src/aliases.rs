@@ -3,8 +3,11 @@
 //! allows more than its own: a workload that links `/etc/shadow` into a directory it may read,
 //! or moves a binary it may not run into a directory it may. The rule here, like AppArmor's
 //! for links: the new name may not allow any access (read, write, exec) that the file's
-//! current name denies. Reported as hook "file" (with the accesses the new name would add) or
-//! "exec" (when only exec would be added), reason "link" or "rename", target the current name.
+//! current name denies. A directory is decided by its names with a trailing `/` (what its
+//! contents inherit), and may not be moved when the profile has rules below its old or new
+//! name (directory markers, see `FileRule::beneath`). Reported as hook "file" (with the
+//! accesses the new name would add, none for a directory with rules below) or "exec" (when
+//! only exec would be added), reason "link" or "rename", target the current name.
 //!
 //! `bpf_d_path` is not available in these hooks and the new name is not a `struct path`, so
 //! both names are built by `path_walk` from their dentry and mount (a hard link never crosses
@@ -35,6 +38,9 @@ const S_IFDIR: u16 = 0o040000;
 const RENAME_EXCHANGE: u32 = 2;
 /// What a name allows, as bits: `access::READ`, `access::WRITE` and this.
 const EXEC: u8 = 4;
+/// Not an access: the name is a directory with rules of the profile below it (a directory
+/// marker, see `FileRule::beneath`).
+const RULES_BELOW: u8 = 8;
 
 /// `link(old, new)`: `new_dir` is a `struct path` on the mount both names are on.
 #[lsm(hook = "path_link")]
@@ -104,8 +110,9 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
 }
 
 /// Whether `current` (a dentry and the vfsmount it is seen through) may not also or instead
-/// be called `new`: true when `new` allows an access `current` denies, or when a name cannot
-/// be built (undecidable; `detail` says why). Names are built relative to the task's root, as
+/// be called `new`: true when `new` allows an access `current` denies, when either name is a
+/// directory with rules below it, or when a name cannot be built (undecidable; `detail` says
+/// why). Names are built relative to the task's root, as
 /// `file_open` sees them. On a denial `detail` holds the current name and what `new` adds.
 #[inline(always)]
 fn new_name_denied(
@@ -142,6 +149,11 @@ fn new_name_denied(
         };
         if unsafe { read_volatile(&(*scratch).owner) } != me {
             continue;
+        }
+        if (new_allows | current_allows) & RULES_BELOW != 0 {
+            // Moving a directory with rules below either name would move those rules' paths
+            // onto other files, or other files onto them.
+            return true;
         }
         let gained = new_allows & !current_allows;
         if gained & (access::READ | access::WRITE) != 0 {
@@ -193,9 +205,9 @@ fn name_allows(
     }
     detail.path_len = len as i32 + 1;
     let key = unsafe { as_path_key(&*scratch) };
-    let found = FILE_RULES
-        .get(key)
-        .map_or(0, |r| u16::from(r.read) | (u16::from(r.write) << 8));
+    let (found, rules_below) = FILE_RULES.get(key).map_or((0, 0), |r| {
+        (u16::from(r.read) | (u16::from(r.write) << 8), r.beneath)
+    });
     let exec = EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict);
     let exec_allowed = if exec == v::NONE {
         governed.config.exec_default == v::ALLOW
@@ -211,6 +223,9 @@ fn name_allows(
     }
     if exec_allowed {
         allows |= EXEC;
+    }
+    if rules_below != 0 {
+        allows |= RULES_BELOW;
     }
     Some(allows)
 }

@@ -505,6 +505,8 @@ pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
 const DENIED_TREE: &str = "/srv/attack/denied";
 const ALLOWED_TREE: &str = "/srv/attack/allowed";
 const DENIED_FILE: &str = "/srv/attack/denied/secret";
+/// Not created: a rule names a subtree below it.
+const FUTURE_TREE: &str = "/srv/attack/future";
 const CONTENT: &str = "attack target\n";
 
 /// `open(path, O_RDONLY)` and `read`: the errno of whichever failed.
@@ -552,6 +554,7 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
     default: allow
     rules:
       - {{path: {DENIED_TREE}/, access: [read, write], action: deny}}
+      - {{path: {FUTURE_TREE}/private/, access: [read, write], action: deny}}
 {CONNECT_ALLOW_ALL}"
     );
     let cg = start(ctx, "file_aliases", &body)?;
@@ -628,6 +631,37 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
         rename_op(&harmless_b, &into_denied)
     });
     ctx.expect("workload_rename_into_denied_tree_allowed", &Outcome::Ok, &r);
+    // Directories with rules below them stay where they are, and none is moved to a name
+    // with rules below it: the rules would then cover other files.
+    let r = ctx.op(g, "rename(/srv/attack, /srv/attack-moved)", || {
+        rename_op("/srv/attack", "/srv/attack-moved")
+    });
+    ctx.expect(
+        "workload_rename_of_a_directory_above_the_denied_tree_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    check_exists(ctx, "directory_above_not_moved", DENIED_TREE, true);
+    let decoy = format!("{ALLOWED_TREE}/decoy");
+    fixtures::write(&format!("{decoy}/private/file"), CONTENT, 0o644)?;
+    let r = ctx.op(g, &format!("rename({decoy}, {FUTURE_TREE})"), || {
+        rename_op(&decoy, FUTURE_TREE)
+    });
+    ctx.expect(
+        "workload_rename_of_a_directory_onto_a_name_with_rules_below_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    let decoy_renamed = format!("{ALLOWED_TREE}/decoy-renamed");
+    let r = ctx.op(g, &format!("rename({decoy}, {decoy_renamed})"), || {
+        rename_op(&decoy, &decoy_renamed)
+    });
+    ctx.expect(
+        "workload_rename_of_a_directory_without_rules_allowed",
+        &Outcome::Ok,
+        &r,
+    );
+
     let a = Some(&cg.audit);
     let r = ctx.op(a, &rename_what, || rename_op(&moved_src, &moved_dst));
     ctx.expect("audit_workload_rename_made", &Outcome::Ok, &r);

@@ -75,6 +75,9 @@ pub mod reason {
     pub const LINK: u8 = 6;
     /// A rename would give the file (or directory) a name that allows what its own denies.
     pub const RENAME: u8 = 7;
+    /// The file was reached through another mount of the root filesystem (a bind mount), and
+    /// its name on the root mount is denied.
+    pub const MOUNT_ALIAS: u8 = 8;
 }
 
 /// File access bits, from the open mode (`FMODE_READ` / `FMODE_WRITE`).
@@ -344,6 +347,8 @@ pub mod globals {
     pub const QSTR_HASH_LEN: &str = "OFF_QSTR_HASH_LEN";
     pub const INODE_I_MODE: &str = "OFF_INODE_I_MODE";
     pub const DENTRY_D_INODE: &str = "OFF_DENTRY_D_INODE";
+    pub const SUPER_BLOCK_S_ROOT: &str = "OFF_SUPER_BLOCK_S_ROOT";
+    pub const VFSMOUNT_MNT_SB: &str = "OFF_VFSMOUNT_MNT_SB";
     pub const MSGHDR_MSG_NAME: &str = "OFF_MSGHDR_MSG_NAME";
     pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// `sock.__sk_common.skc_family`, from the start of `struct sock`.

@@ -13,25 +13,22 @@
 //! both names are built by `path_walk` from their dentry and mount (a hard link never crosses
 //! a mount: the kernel refuses it with EXDEV before this hook).
 use aya_ebpf::{
-    cty::c_void,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::lsm,
+    maps::lpm_trie::Key,
     programs::LsmContext,
 };
 use core::ptr::{read_volatile, write_volatile};
-use enforcerd_common::{PATH_BUF_BYTES, access, hook, reason, verdict as v};
+use enforcerd_common::{PathKey, access, hook, reason, verdict as v};
 
 use crate::{
     decide::{Detail, Governed, governing_profile, verdict},
     maps::{EXEC_RULES, FILE_RULES, PathScratch, SCRATCH, WALK_BUFFER},
     offsets,
-    path_walk::{ENAMETOOLONG, read_ptr, walk},
-    programs::{PATH_ATTEMPTS, PATH_KEY_BITS, as_path_key, file_denied},
+    path_walk::{build_name, read_ptr, task_root},
+    programs::{PATH_ATTEMPTS, PATH_KEY_BITS, as_path_key, file_denied, lookup_name},
 };
 
-/// Most path components and mount crossings in a name (deeper names are undecidable, and
-/// denied).
-const WALK_STEPS: u32 = 512;
 /// `S_IFMT` and `S_IFDIR` in `inode->i_mode`.
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
@@ -180,30 +177,16 @@ fn name_allows(
     directory: bool,
     detail: &mut Detail,
 ) -> Option<u8> {
-    let start = walk::<PATH_BUF_BYTES>(buf, name.0, name.1, root, directory, WALK_STEPS);
-    if start <= 0 {
+    let len = build_name(scratch, buf, name.0, name.1, root, directory);
+    detail.path_len = len;
+    if len <= 0 {
         detail.reason = reason::PATH_UNRESOLVED;
-        detail.path_len = if start == 0 { -ENAMETOOLONG } else { start };
-        return None;
-    }
-    let len = PATH_BUF_BYTES as u32 - start as u32;
-    let copied = unsafe {
-        generated::bpf_probe_read_kernel(
-            (*scratch).path.as_mut_ptr() as *mut c_void,
-            len & (PATH_BUF_BYTES as u32 - 1),
-            buf.add(start as usize & (PATH_BUF_BYTES - 1)) as *const c_void,
-        )
-    };
-    if copied != 0 {
-        detail.reason = reason::READ_FAILED;
         return None;
     }
     unsafe {
-        (*scratch).path[len as usize & (PATH_BUF_BYTES - 1)] = 0;
         (*scratch).prefix_len = PATH_KEY_BITS;
         (*scratch).profile_id = governed.profile_id.to_be_bytes();
     }
-    detail.path_len = len as i32 + 1;
     let key = unsafe { as_path_key(&*scratch) };
     let (found, rules_below) = FILE_RULES.get(key).map_or((0, 0), |r| {
         (u16::from(r.read) | (u16::from(r.write) << 8), r.beneath)
@@ -242,25 +225,75 @@ fn is_directory(dentry: *const u8) -> bool {
         .is_ok_and(|mode| mode & S_IFMT == S_IFDIR)
 }
 
-/// `current->fs->root` as (dentry, vfsmount), or nulls (walk to the mount tree's root).
+/// A file reached through a mount of the task's root filesystem other than the task's root
+/// mount — a bind mount of part of it, or the whole filesystem mounted again — has a second
+/// name: its path on the root mount. Rules match paths, so a profile that denies
+/// `/srv/secret` must not allow it as `/allowed/x` because someone bind-mounted it there (root
+/// outside the workload, or the workload itself in a user and mount namespace of its own).
+/// Whether that second name is denied by `denies(lookup(key))`, for a file whose own path was
+/// allowed; false for a file that has none. Files on other filesystems (`/proc`, a tmpfs, a
+/// container's volumes) and tasks whose root is not their filesystem's root are not covered:
+/// their filesystem's "own" mount cannot be told from here.
 #[inline(always)]
-fn task_root() -> (*const u8, *const u8) {
-    let none = (core::ptr::null(), core::ptr::null());
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(fs) = (unsafe { read_ptr(task.add(offsets::task_fs())) }) else {
-        return none;
+pub fn root_mount_name_denied<T: Copy>(
+    governed: &Governed,
+    file: *const u8,
+    detail: &mut Detail,
+    lookup: impl Fn(&Key<PathKey>) -> T,
+    denies: impl Fn(T) -> bool,
+) -> bool {
+    let (dentry, root) = match root_mount_alias(file) {
+        Ok(Some(alias)) => alias,
+        Ok(None) => return false,
+        Err(()) => {
+            detail.reason = reason::READ_FAILED;
+            return true;
+        }
     };
-    if fs.is_null() {
-        return none;
+    let Some(walk_buffer) = WALK_BUFFER.get_ptr_mut(0) else {
+        detail.reason = reason::READ_FAILED;
+        return true;
+    };
+    let buf = unsafe { (*walk_buffer).bytes.as_mut_ptr() };
+    // The name on the root mount: up the dentries to the filesystem's root, which is the
+    // task's root there.
+    let fill = |scratch: *mut PathScratch| build_name(scratch, buf, dentry, root.1, root, false);
+    match lookup_name(governed, detail, fill, lookup) {
+        Some(found) => {
+            let denied = denies(found);
+            if denied {
+                detail.reason = reason::MOUNT_ALIAS;
+            }
+            denied
+        }
+        None => true,
     }
-    let root = unsafe { fs.add(offsets::fs_struct_root()) };
-    match unsafe {
-        (
-            read_ptr(root.add(offsets::path_dentry())),
-            read_ptr(root.add(offsets::path_mnt())),
-        )
-    } {
-        (Ok(dentry), Ok(mnt)) => (dentry, mnt),
-        _ => none,
+}
+
+/// `Some((dentry, task root))` when `file` is on another mount of the task's root filesystem
+/// than the task's root mount, and the task's root is that filesystem's root; `Err` when a
+/// kernel read failed.
+#[inline(always)]
+fn root_mount_alias(file: *const u8) -> Result<Option<(*const u8, (*const u8, *const u8))>, ()> {
+    let (root_dentry, root_mnt) = task_root();
+    if root_mnt.is_null() {
+        return Err(());
     }
+    let f_path = unsafe { file.add(offsets::file_f_path()) };
+    let read = |at: *const u8| unsafe { read_ptr(at) }.map_err(|_| ());
+    let mnt = read(unsafe { f_path.add(offsets::path_mnt()) })?;
+    if mnt == root_mnt {
+        return Ok(None);
+    }
+    let sb = read(unsafe { mnt.add(offsets::vfsmount_mnt_sb()) })?;
+    let root_sb = read(unsafe { root_mnt.add(offsets::vfsmount_mnt_sb()) })?;
+    if sb != root_sb {
+        return Ok(None);
+    }
+    let s_root = read(unsafe { sb.add(offsets::super_block_s_root()) })?;
+    if s_root != root_dentry {
+        return Ok(None);
+    }
+    let dentry = read(unsafe { f_path.add(offsets::path_dentry()) })?;
+    Ok(Some((dentry, (root_dentry, root_mnt))))
 }

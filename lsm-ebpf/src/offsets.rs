@@ -82,6 +82,10 @@ static OFF_QSTR_HASH_LEN: u64 = 0;
 static OFF_INODE_I_MODE: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_DENTRY_D_INODE: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_SUPER_BLOCK_S_ROOT: u64 = 0;
+#[unsafe(no_mangle)]
+static OFF_VFSMOUNT_MNT_SB: u64 = 0;
 
 /// Aggregation window (ns), set by the daemon; 0 turns aggregation off.
 #[unsafe(no_mangle)]
@@ -243,4 +247,12 @@ pub fn mm_saved_auxv() -> usize {
 #[inline(always)]
 pub fn dentry_d_inode() -> usize {
     unsafe { read_volatile(&OFF_DENTRY_D_INODE) as usize }
+}
+#[inline(always)]
+pub fn vfsmount_mnt_sb() -> usize {
+    unsafe { read_volatile(&OFF_VFSMOUNT_MNT_SB) as usize }
+}
+#[inline(always)]
+pub fn super_block_s_root() -> usize {
+    unsafe { read_volatile(&OFF_SUPER_BLOCK_S_ROOT) as usize }
 }

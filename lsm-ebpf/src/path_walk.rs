@@ -4,10 +4,15 @@
 //! link and rename hooks (the kernel allows the helper only in some hooks, and the new name
 //! of a link or rename is not a `struct path` at all). The walk is a `bpf_loop` callback:
 //! the verifier checks one step instead of unrolling every path through the loop.
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated};
 use core::ffi::c_void;
+use enforcerd_common::PATH_BUF_BYTES;
 
-use crate::offsets;
+use crate::{maps::PathScratch, offsets};
+
+/// Most path components and mount crossings in a name built by `build_name` (deeper names
+/// are undecidable, and denied).
+const NAME_WALK_STEPS: u32 = 512;
 
 pub const ENAMETOOLONG: i32 = 36;
 pub const EFAULT: i32 = 14;
@@ -147,4 +152,63 @@ extern "C" fn walk_step<const BYTES: usize>(_index: u64, ctx: *mut c_void) -> i6
     }
     w.dentry = parent;
     0
+}
+
+/// Builds the name of `dentry` on `vfsmnt` up to `root` (see `walk`) into `scratch.path`,
+/// NUL-terminated, by way of `buf` (a `WalkBuffer`'s bytes). Returns its length with the NUL
+/// (as `bpf_d_path` does), or a negative errno.
+#[inline(always)]
+pub fn build_name(
+    scratch: *mut PathScratch,
+    buf: *mut u8,
+    dentry: *const u8,
+    vfsmnt: *const u8,
+    root: (*const u8, *const u8),
+    trailing_slash: bool,
+) -> i32 {
+    let start = walk::<PATH_BUF_BYTES>(buf, dentry, vfsmnt, root, trailing_slash, NAME_WALK_STEPS);
+    if start < 0 {
+        return start;
+    }
+    if start == 0 {
+        // Fills the buffer: no room for the NUL.
+        return -ENAMETOOLONG;
+    }
+    let len = PATH_BUF_BYTES as u32 - start as u32;
+    let failed = unsafe {
+        generated::bpf_probe_read_kernel(
+            (*scratch).path.as_mut_ptr() as *mut c_void,
+            len & (PATH_BUF_BYTES as u32 - 1),
+            buf.add(start as usize & (PATH_BUF_BYTES - 1)) as *const c_void,
+        )
+    } != 0;
+    if failed {
+        return -EFAULT;
+    }
+    unsafe { (*scratch).path[len as usize & (PATH_BUF_BYTES - 1)] = 0 };
+    len as i32 + 1
+}
+
+/// `current->fs->root` as (dentry, vfsmount), or nulls (a walk then goes to the mount tree's
+/// root).
+#[inline(always)]
+pub fn task_root() -> (*const u8, *const u8) {
+    let none = (core::ptr::null(), core::ptr::null());
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(fs) = (unsafe { read_ptr(task.add(offsets::task_fs())) }) else {
+        return none;
+    };
+    if fs.is_null() {
+        return none;
+    }
+    let root = unsafe { fs.add(offsets::fs_struct_root()) };
+    match unsafe {
+        (
+            read_ptr(root.add(offsets::path_dentry())),
+            read_ptr(root.add(offsets::path_mnt())),
+        )
+    } {
+        (Ok(dentry), Ok(mnt)) => (dentry, mnt),
+        _ => none,
+    }
 }

@@ -17,6 +17,7 @@ use enforcerd_common::{
 };
 
 use crate::{
+    aliases::root_mount_name_denied,
     decide::{Detail, Governed, count, governing_profile, verdict},
     file_verdicts::{opened_path, paths_generation, remember, remembered},
     maps::{
@@ -70,16 +71,20 @@ fn decide_exec(governed: &Governed, file: *const u8) -> i32 {
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     let mut detail = Detail::new(hook::EXEC);
     detail.file = file;
-    let denied = match lookup_path(governed, f_path, &mut detail, |key| {
-        EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict)
-    }) {
-        Some(v::NONE) => {
-            detail.reason = reason::DEFAULT;
-            governed.config.exec_default != v::ALLOW
-        }
+    let exec_rule = |key: &Key<PathKey>| EXEC_RULES.get(key).map_or(v::NONE, |r| r.verdict);
+    let exec_denied = |verdict: u8| match verdict {
+        v::NONE => governed.config.exec_default != v::ALLOW,
+        verdict => verdict != v::ALLOW,
+    };
+    let denied = match lookup_path(governed, f_path, &mut detail, exec_rule) {
         Some(verdict) => {
-            detail.reason = reason::RULE;
-            verdict != v::ALLOW
+            detail.reason = if verdict == v::NONE {
+                reason::DEFAULT
+            } else {
+                reason::RULE
+            };
+            exec_denied(verdict)
+                || root_mount_name_denied(governed, file, &mut detail, exec_rule, exec_denied)
         }
         None => true,
     };
@@ -237,18 +242,24 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
     let f_path = unsafe { file.add(offsets::file_f_path()) };
     // Both verdicts in one value (read in the low byte), 0 = no rule.
-    let denied = match lookup_path(&governed, f_path, &mut detail, |key| {
+    let file_rule = |key: &Key<PathKey>| {
         FILE_RULES
             .get(key)
             .map_or(0, |r| u16::from(r.read) | (u16::from(r.write) << 8))
-    }) {
+    };
+    let wanted = detail.access;
+    let denies = |found: u16| file_denied(&governed, found, wanted);
+    let denied = match lookup_path(&governed, f_path, &mut detail, file_rule) {
         Some(found) => {
             detail.reason = if found == 0 {
                 reason::DEFAULT
             } else {
                 reason::RULE
             };
-            let denied = file_denied(&governed, found, detail.access);
+            // A remembered file is on the task's root mount: it has no other name to check.
+            let denied = denies(found)
+                || (dentry == 0
+                    && root_mount_name_denied(&governed, file, &mut detail, file_rule, denies));
             if !denied && dentry != 0 {
                 seen.found = found;
                 remember(dentry, &seen);
@@ -280,16 +291,34 @@ pub fn file_denied(governed: &Governed, found: u16, access: u8) -> bool {
 /// buffer meanwhile (it takes a preemption inside the program each time).
 pub const PATH_ATTEMPTS: u32 = 4;
 
-/// Resolves `f_path` into the per-CPU scratch key and looks it up in the governing profile's
-/// part of a path trie with `lookup` (which returns plain values: an `Option` payload would be
-/// undefined on `None`, which the verifier rejects). `None` means undecidable — the path did
-/// not resolve (longer than `PATH_MAX`, helper failure) or the buffer stayed contended — and
-/// the caller denies.
+/// Resolves `f_path` with `bpf_d_path` and looks it up with `lookup`: see `lookup_name`.
 #[inline(always)]
 fn lookup_path<T: Copy>(
     governed: &Governed,
     f_path: *const u8,
     detail: &mut Detail,
+    lookup: impl Fn(&Key<PathKey>) -> T,
+) -> Option<T> {
+    let resolve = |scratch: *mut PathScratch| unsafe {
+        bpf_d_path(
+            f_path as *mut path,
+            (*scratch).path.as_mut_ptr() as *mut c_char,
+            PATH_BUF_BYTES as u32,
+        )
+    } as i32;
+    lookup_name(governed, detail, resolve, lookup)
+}
+
+/// Has `fill` write a path into the per-CPU scratch key (returning its length with the NUL,
+/// or a negative errno) and looks it up in the governing profile's part of a path trie with
+/// `lookup` (which returns plain values: an `Option` payload would be undefined on `None`,
+/// which the verifier rejects). `None` means undecidable — the path did not resolve (longer
+/// than `PATH_MAX`, helper failure) or the buffer stayed contended — and the caller denies.
+#[inline(always)]
+pub fn lookup_name<T: Copy>(
+    governed: &Governed,
+    detail: &mut Detail,
+    fill: impl Fn(*mut PathScratch) -> i32,
     lookup: impl Fn(&Key<PathKey>) -> T,
 ) -> Option<T> {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -302,13 +331,7 @@ fn lookup_path<T: Copy>(
     while attempt < PATH_ATTEMPTS {
         attempt += 1;
         unsafe { write_volatile(&mut (*scratch).owner, me) };
-        let len = unsafe {
-            bpf_d_path(
-                f_path as *mut path,
-                (*scratch).path.as_mut_ptr() as *mut c_char,
-                PATH_BUF_BYTES as u32,
-            )
-        } as i32;
+        let len = fill(scratch);
         detail.path_len = len;
         if len <= 0 {
             detail.reason = reason::PATH_UNRESOLVED;

@@ -54,6 +54,8 @@ pub struct Offsets {
     pub qstr_hash_len: u64,
     pub inode_i_mode: u64,
     pub dentry_d_inode: u64,
+    pub super_block_s_root: u64,
+    pub vfsmount_mnt_sb: u64,
     pub msghdr_msg_name: u64,
     pub socket_sk: u64,
     pub sock_family: u64,
@@ -101,6 +103,8 @@ impl Offsets {
             qstr_hash_len: member_offset(&btf, "qstr", "hash_len")?,
             inode_i_mode: member_offset(&btf, "inode", "i_mode")?,
             dentry_d_inode: member_offset(&btf, "dentry", "d_inode")?,
+            super_block_s_root: member_offset(&btf, "super_block", "s_root")?,
+            vfsmount_mnt_sb: member_offset(&btf, "vfsmount", "mnt_sb")?,
             msghdr_msg_name: member_offset(&btf, "msghdr", "msg_name")?,
             socket_sk: member_offset(&btf, "socket", "sk")?,
             sock_family: member_offset(&btf, "sock", "__sk_common")?
@@ -111,7 +115,7 @@ impl Offsets {
     }
 
     /// (global name in the BPF object, value).
-    pub fn globals(&self) -> [(&'static str, u64); 38] {
+    pub fn globals(&self) -> [(&'static str, u64); 40] {
         use enforcerd_common::globals as g;
         [
             (g::BPRM_FILE, self.bprm_file),
@@ -147,6 +151,8 @@ impl Offsets {
             (g::QSTR_HASH_LEN, self.qstr_hash_len),
             (g::INODE_I_MODE, self.inode_i_mode),
             (g::DENTRY_D_INODE, self.dentry_d_inode),
+            (g::SUPER_BLOCK_S_ROOT, self.super_block_s_root),
+            (g::VFSMOUNT_MNT_SB, self.vfsmount_mnt_sb),
             (g::MSGHDR_MSG_NAME, self.msghdr_msg_name),
             (g::SOCKET_SK, self.socket_sk),
             (g::SOCK_FAMILY, self.sock_family),

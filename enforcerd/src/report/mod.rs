@@ -232,6 +232,7 @@ pub fn describe(
             reason::CONTENDED => "contended",
             reason::LINK => "link",
             reason::RENAME => "rename",
+            reason::MOUNT_ALIAS => "mount-alias",
             _ => "unknown",
         }
         .into(),
@@ -494,8 +495,12 @@ mod tests {
     }
 
     #[test]
-    fn link_and_rename_refusals_name_their_reason() {
-        for (code, name) in [(reason::LINK, "link"), (reason::RENAME, "rename")] {
+    fn alias_refusals_name_their_reason() {
+        for (code, name) in [
+            (reason::LINK, "link"),
+            (reason::RENAME, "rename"),
+            (reason::MOUNT_ALIAS, "mount-alias"),
+        ] {
             let mut e = event(hook::FILE);
             e.reason = code;
             let d = describe(&e, &catalog(), Some("/web".into()), "t".into(), None);

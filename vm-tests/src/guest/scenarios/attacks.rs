@@ -391,6 +391,32 @@ fn rename_op(from: &str, to: &str) -> Result<(), i32> {
     std::fs::rename(from, to).map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
+/// In a mount namespace of its own (mounts private), bind-mounts `source` on `target`, then
+/// runs `op`. Exit codes 151-153 say which setup step failed.
+fn in_private_bind(
+    source: &str,
+    target: &str,
+    op: impl FnOnce() -> Result<(), i32>,
+) -> Result<(), i32> {
+    let (src, dst, root) = (cstring(source), cstring(target), cstring("/"));
+    // SAFETY: unshare(2) and mount(2) with valid NUL-terminated paths, in a forked child.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(151);
+        }
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        let (none, no_data) = (std::ptr::null(), std::ptr::null());
+        if libc::mount(none, root.as_ptr(), none, private, no_data) != 0 {
+            return Err(152);
+        }
+        let bind = libc::MS_BIND | libc::MS_REC;
+        if libc::mount(src.as_ptr(), dst.as_ptr(), none, bind, no_data) != 0 {
+            return Err(153);
+        }
+    }
+    op()
+}
+
 /// Checks that `path` exists or not, as `expected` says.
 fn check_exists(ctx: &mut Ctx, check: &str, path: &str, expected: bool) {
     let exists = std::path::Path::new(path).exists();
@@ -483,6 +509,38 @@ pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
     );
     let _ = std::fs::remove_file(&workload_link);
     let _ = std::fs::remove_file(&allowed_link);
+
+    // The denied binary bind-mounted over an allowed one, by the workload in a mount
+    // namespace of its own: decided by its name on the root mount too.
+    let bind_target = format!("{ALLOWED_DIR}/bind-target");
+    fixtures::write(&bind_target, "#!/bin/busybox true\n", 0o755)?;
+    let what = format!("unshare(CLONE_NEWNS), bind {DENIED_BUSYBOX} on {bind_target}, execv");
+    let exec_bound = |target: &str| -> Result<(), i32> {
+        let path = cstring(target);
+        let argv = [cstring("busybox"), cstring("true")];
+        let argv = [argv[0].as_ptr(), argv[1].as_ptr(), std::ptr::null()];
+        // SAFETY: execv(2) with NUL-terminated strings and a NULL-terminated argv.
+        unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+        Err(errno())
+    };
+    let r = ctx.op(g, &what, || {
+        in_private_bind(DENIED_BUSYBOX, &bind_target, || exec_bound(&bind_target))
+    });
+    ctx.expect(
+        "workload_bind_mount_of_denied_binary_on_allowed_path_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    let r = ctx.op(
+        g,
+        &format!("unshare(CLONE_NEWNS), bind {BUSYBOX} on {bind_target}, execv"),
+        || in_private_bind(BUSYBOX, &bind_target, || exec_bound(&bind_target)),
+    );
+    ctx.expect(
+        "allowed_binary_bind_mounted_on_allowed_path_runs",
+        &Outcome::Ok,
+        &r,
+    );
 
     let r = ctx.exec(Some(&cg.audit), &Exec::path(SYMLINK, &["busybox", "true"]));
     ctx.expect("audit_symlink_runs", &Outcome::Exited(0), &r);
@@ -695,7 +753,8 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
         &r,
     );
 
-    // Bind mount of the denied file over an allowed path, by root.
+    // Bind mount of the denied file over an allowed path, by root: the file is still the
+    // denied one under its name on the root mount.
     let (src, dst) = (cstring(&bind_src), cstring(&bind_dst));
     // SAFETY: mount(2) with valid NUL-terminated paths.
     let m = unsafe {
@@ -713,15 +772,58 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
             errno_name(errno())
         );
     }
-    let r = ctx.op(
-        g,
-        &format!("open+read({bind_dst}) [bind mount of {bind_src}]"),
-        || read_op(&bind_dst),
-    );
+    let bound_what = format!("open+read({bind_dst}) [bind mount of {bind_src}]");
+    let r = ctx.op(g, &bound_what, || read_op(&bind_dst));
+    let audit_r = ctx.op(Some(&cg.audit), &bound_what, || read_op(&bind_dst));
     // SAFETY: umount2 on a valid path.
     unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
     ctx.expect(
-        "known_gap_denied_file_bind_mounted_on_allowed_path_readable",
+        "denied_file_bind_mounted_on_allowed_path_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    ctx.expect("audit_bind_mounted_file_readable", &Outcome::Ok, &audit_r);
+    audited_alias(
+        ctx,
+        "audit_bind_mounted_file_reported",
+        &audit_r,
+        "file",
+        "mount-alias",
+        &bind_src,
+    );
+    // The workload itself, in a mount namespace of its own (as an unprivileged workload can
+    // in a user namespace).
+    let what = format!("unshare(CLONE_NEWNS), bind {DENIED_FILE} on {bind_dst}, open+read");
+    let r = ctx.op(g, &what, || {
+        in_private_bind(DENIED_FILE, &bind_dst, || read_op(&bind_dst))
+    });
+    ctx.expect(
+        "workload_bind_mount_of_denied_file_on_allowed_path_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    // The same filesystem mounted a second time is another mount of it too: a bind of the
+    // whole tree.
+    let mnt = "/srv/attack-mnt";
+    std::fs::create_dir_all(mnt)?;
+    let r = ctx.op(
+        g,
+        &format!("unshare(CLONE_NEWNS), bind / on {mnt}, open+read({mnt}{DENIED_FILE})"),
+        || in_private_bind("/", mnt, || read_op(&format!("{mnt}{DENIED_FILE}"))),
+    );
+    ctx.expect(
+        "workload_second_mount_of_root_filesystem_denied",
+        &Outcome::EPERM,
+        &r,
+    );
+    // Allowed files stay readable through such a mount.
+    let r = ctx.op(
+        g,
+        &format!("unshare(CLONE_NEWNS), bind / on {mnt}, open+read({mnt}{bind_dst})"),
+        || in_private_bind("/", mnt, || read_op(&format!("{mnt}{bind_dst}"))),
+    );
+    ctx.expect(
+        "allowed_file_through_second_mount_readable",
         &Outcome::Ok,
         &r,
     );

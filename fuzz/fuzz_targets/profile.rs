@@ -276,23 +276,48 @@ fn check_files(p: &Profile, c: &CompiledProfile) {
     for (len, key, rule) in &c.file_rules {
         assert!(is_verdict(rule.read), "file read verdict {}", rule.read);
         assert!(is_verdict(rule.write), "file write verdict {}", rule.write);
-        got.push((key_bytes(*len, key), (rule.read, rule.write)));
+        assert!(rule.beneath <= 1, "file marker flag {}", rule.beneath);
+        got.push((key_bytes(*len, key), (rule.read, rule.write, rule.beneath)));
     }
     assert!(
         got.windows(2).all(|w| w[0].0 < w[1].0),
         "file entries not sorted and unique"
     );
-    let got: BTreeMap<Vec<u8>, (u8, u8)> = got.into_iter().collect();
+    let got: BTreeMap<Vec<u8>, (u8, u8, u8)> = got.into_iter().collect();
 
-    let mut expected: BTreeMap<Vec<u8>, (u8, u8)> = BTreeMap::new();
+    let mut expected: BTreeMap<Vec<u8>, (u8, u8, u8)> = BTreeMap::new();
     for path in &paths {
         // An implied directory `/d` resolves like `/d/` unless an exact rule names it: the
         // reference covers that, as `/d/` is then the longest subtree covering `/d`.
         let v = (
             reference(rules, p.files.default, path, false),
             reference(rules, p.files.default, path, true),
+            0,
         );
         expected.insert(stored(path), v);
+    }
+    // Directory markers: `D/` + NUL for every directory `D/` other than `/` strictly above a
+    // file or exec rule path, with the verdicts of the subtree `D/`.
+    let rule_paths = rules
+        .iter()
+        .map(|r| &r.path)
+        .chain(&p.exec.allow)
+        .chain(&p.exec.deny);
+    for path in rule_paths {
+        let s = path.as_str();
+        let own = s.strip_suffix('/').unwrap_or(s);
+        for (i, _) in own.match_indices('/').filter(|(i, _)| *i > 0) {
+            let dir = RulePath::Subtree(own[..=i].to_owned());
+            let v = (
+                reference(rules, p.files.default, &dir, false),
+                reference(rules, p.files.default, &dir, true),
+                1,
+            );
+            let mut key = own[..=i].as_bytes().to_vec();
+            key.push(0);
+            let previous = expected.insert(key, v);
+            assert!(previous.is_none_or(|p| p == v), "a marker collides with a rule entry");
+        }
     }
     assert_eq!(
         got, expected,

@@ -140,6 +140,19 @@ pub static SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 
 #[repr(C)]
 pub struct WalkBuffer {
     pub bytes: [u8; 2 * PATH_BUF_BYTES],
+    /// What the new name and the current name of a link or rename allow (see `aliases`).
+    pub allows: [u8; 2],
+    /// A link or rename decision's record fields on their way to `verdict` (see `aliases`).
+    pub record: RecordFields,
+}
+
+#[repr(C)]
+pub struct RecordFields {
+    pub owner: u64,
+    pub path_len: i32,
+    pub hook: u8,
+    pub reason: u8,
+    pub access: u8,
 }
 
 #[map]

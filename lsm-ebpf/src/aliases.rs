@@ -1,4 +1,8 @@
-//! Hard links and renames made by governed tasks. Rules match paths, so giving an existing
+//! Second names for a file: hard links and renames made by governed tasks (`path_link`,
+//! `path_rename`), and other mounts of the root filesystem (`root_mount_name_denied`, called
+//! by the open, exec and mapping decisions).
+//!
+//! Rules match paths, so giving an existing
 //! file a second name (`link`) or another name (`rename`) could reach it under a name that
 //! allows more than its own: a workload that links `/etc/shadow` into a directory it may read,
 //! or moves a binary it may not run into a directory it may. The rule here, like AppArmor's
@@ -9,8 +13,8 @@
 //! accesses the new name would add, none for a directory with rules below) or "exec" (when
 //! only exec would be added), reason "link" or "rename", target the current name.
 //!
-//! `bpf_d_path` is not available in these hooks and the new name is not a `struct path`, so
-//! both names are built by `path_walk` from their dentry and mount (a hard link never crosses
+//! `bpf_d_path` is not available in the link and rename hooks and the new name is not a
+//! `struct path`, so both names are built by `path_walk` from their dentry and mount (a hard link never crosses
 //! a mount: the kernel refuses it with EXDEV before this hook).
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
@@ -72,7 +76,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
             true
         }
     };
-    verdict_with_opaque_fields(&governed, denied, &mut detail, &buffers)
+    verdict(&governed, denied, &mut detail)
 }
 
 /// `rename(old, new)`, and with `RENAME_EXCHANGE` the other way round too.
@@ -117,7 +121,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
             true
         }
     };
-    verdict_with_opaque_fields(&governed, denied, &mut detail, &buffers)
+    verdict(&governed, denied, &mut detail)
 }
 
 /// The per-CPU buffers of a link or rename decision. Lookups of index 0 in one-entry arrays,
@@ -135,40 +139,6 @@ impl Buffers {
             walk: WALK_BUFFER.get_ptr_mut(0)?,
         })
     }
-}
-
-/// `verdict`, with the record fields that differ between the many ways these hooks reach it
-/// (hook, reason, access, path length) passed through map memory first, which the verifier
-/// reads back as unknown values. Kept as constants, each combination made it verify the
-/// reporting code again (on 6.1: 1,000,000 instructions for `path_rename` instead of
-/// 116,000, and seconds of start-up). Another task's run on this CPU between the write and
-/// the read could leave its fields there: the owner stamp detects that, and the record then
-/// says `contended`. The decision itself (`denied`) never passes through memory. (The same
-/// for every hook's `verdict` made the others slower to verify, not faster.)
-#[inline(always)]
-fn verdict_with_opaque_fields(
-    governed: &Governed,
-    denied: bool,
-    detail: &mut Detail,
-    buffers: &Buffers,
-) -> i32 {
-    let me = bpf_get_current_pid_tgid();
-    unsafe {
-        let fields = &raw mut (*buffers.walk).record;
-        write_volatile(&raw mut (*fields).owner, me);
-        write_volatile(&raw mut (*fields).path_len, detail.path_len);
-        write_volatile(&raw mut (*fields).hook, detail.hook);
-        write_volatile(&raw mut (*fields).reason, detail.reason);
-        write_volatile(&raw mut (*fields).access, detail.access);
-        detail.path_len = read_volatile(&raw const (*fields).path_len);
-        detail.hook = read_volatile(&raw const (*fields).hook);
-        detail.reason = read_volatile(&raw const (*fields).reason);
-        detail.access = read_volatile(&raw const (*fields).access);
-        if read_volatile(&raw const (*fields).owner) != me {
-            detail.reason = reason::CONTENDED;
-        }
-    }
-    verdict(governed, denied, detail)
 }
 
 /// Whether `current` (a dentry and the vfsmount it is seen through) may not also or instead

@@ -142,10 +142,9 @@ pub struct WalkBuffer {
     pub bytes: [u8; 2 * PATH_BUF_BYTES],
     /// What the new name and the current name of a link or rename allow (see `aliases`).
     pub allows: [u8; 2],
-    /// A link or rename decision's record fields on their way to `verdict` (see `aliases`).
-    pub record: RecordFields,
 }
 
+/// A denial's record fields on their way to the report (see `decide::verdict`).
 #[repr(C)]
 pub struct RecordFields {
     pub owner: u64,
@@ -153,7 +152,12 @@ pub struct RecordFields {
     pub hook: u8,
     pub reason: u8,
     pub access: u8,
+    pub protocol: u8,
+    pub family: u8,
 }
+
+#[map]
+pub static RECORD_FIELDS: PerCpuArray<RecordFields> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static WALK_BUFFER: PerCpuArray<WalkBuffer> = PerCpuArray::with_max_entries(1, 0);

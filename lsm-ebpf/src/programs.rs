@@ -88,7 +88,7 @@ fn decide_exec(governed: &Governed, file: *const u8) -> i32 {
         }
         None => true,
     };
-    verdict(governed, denied, &detail)
+    verdict(governed, denied, &mut detail)
 }
 
 /// `ET_DYN` in an ELF header's `e_type`: a PIE program, a shared object, or the dynamic
@@ -268,7 +268,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
         None => true,
     };
-    verdict(&governed, denied, &detail)
+    verdict(&governed, denied, &mut detail)
 }
 
 /// Whether the profile refuses `access` given the file rule found (read verdict | write
@@ -508,5 +508,5 @@ fn decide_destination(sock: *const u8, address: *const u8, sa_family: u16) -> i3
         };
         verdict != v::ALLOW
     };
-    verdict(&governed, denied, &detail)
+    verdict(&governed, denied, &mut detail)
 }

@@ -117,18 +117,21 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "daemon_sigkill_and_restart",
         needs_daemon: true,
-        about: "a workload loops on a denied open while the daemon is SIGKILLed, restarted,                 stopped and started again: pinned programs keep enforcing, not one open                 succeeds, reports resume after each start",
+        about: "a workload loops on a denied open while the daemon is SIGKILLed, restarted, \
+                stopped and started again: pinned programs keep enforcing, not one open \
+                succeeds, reports resume after each start",
     },
     Scenario {
         name: "upgrade_to_rebuilt_binary",
         needs_daemon: true,
-        about: "the same across an upgrade to a build with another BPF object: the new                 programs attach before the old ones are retired",
+        about: "the same across an upgrade to a build with another BPF object: the new \
+                programs attach before the old ones are retired",
     },
     Scenario {
         name: "attack_exec_via_dynamic_loader",
         needs_daemon: true,
-        about: "ld.so /opt/denied/binary: denied when the loader is not allowed (audit: reported); \
-                known gap when it is (no mmap_file hook)",
+        about: "ld.so /opt/denied/binary: denied when the loader is not allowed, and when it is \
+                (the program it maps is decided as an exec), also with a preload; audit: reported",
     },
     Scenario {
         name: "attack_exec_from_fd",
@@ -139,25 +142,28 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "attack_exec_via_link_in_allowed_dir",
         needs_daemon: true,
-        about: "symlink to a denied binary in an allowed directory: denied; hard link: known gap",
+        about: "symlink, hard link (made by the workload) and bind mount of a denied binary in an \
+                allowed directory: denied, link reported in audit; root's hard link runs (by design)",
     },
     Scenario {
         name: "attack_file_aliases",
         needs_daemon: true,
-        about: "/proc/self/fd re-open of an inherited fd and of an O_PATH fd: denied; rename into \
-                and bind mount over an allowed path: known gaps",
+        about: "the workload's links and renames of denied files and directories into the allowed \
+                tree, bind mounts of denied files (root's, the workload's, in a user namespace), \
+                /proc/self/fd re-opens of inherited and O_PATH fds: denied, reported in audit; \
+                root's rename runs (by design)",
     },
     Scenario {
         name: "attack_connect_bypass",
         needs_daemon: true,
-        about: "IPv4-mapped IPv6 connect to a denied address: denied; UDP sendto without connect: \
-                known gap (the datagram arrives)",
+        about: "IPv4-mapped IPv6 connect, UDP sendto/sendmsg without connect (also AF_UNSPEC), \
+                TCP Fast Open to a denied address: denied, nothing arrives; audit: reported",
     },
     Scenario {
         name: "attack_io_uring",
         needs_daemon: true,
-        about: "io_uring openat of a denied file and connect to a denied address: cqe res -EPERM \
-                (or io_uring unavailable); audit: succeed and reported",
+        about: "io_uring openat of a denied file, connect and sendmsg to a denied address: cqe res \
+                -EPERM (or io_uring unavailable); audit: succeed and reported",
     },
 ];
 

@@ -564,6 +564,18 @@ pub fn attack_exec_via_link_in_allowed_dir(ctx: &mut Ctx) -> Result<()> {
         &Outcome::EPERM,
         &r,
     );
+    let r = ctx.op(Some(&cg.audit), &what, || {
+        in_private_bind(DENIED_BUSYBOX, &bind_target, || exec_bound(&bind_target))
+    });
+    ctx.expect("audit_bind_mounted_binary_runs", &Outcome::Ok, &r);
+    audited_alias(
+        ctx,
+        "audit_bind_mounted_binary_reported",
+        &r,
+        "exec",
+        "mount-alias",
+        DENIED_BUSYBOX,
+    );
     let r = ctx.op(
         g,
         &format!("unshare(CLONE_NEWNS), bind {BUSYBOX} on {bind_target}, execv"),
@@ -852,6 +864,14 @@ pub fn attack_file_aliases(ctx: &mut Ctx) -> Result<()> {
         in_private_bind_unprivileged(DENIED_FILE, &bind_dst, || read_op(&bind_dst))
     });
     ctx.expect("audit_unprivileged_bind_mount_readable", &Outcome::Ok, &r);
+    audited_alias(
+        ctx,
+        "audit_unprivileged_bind_mount_reported",
+        &r,
+        "file",
+        "mount-alias",
+        DENIED_FILE,
+    );
     // The same filesystem mounted a second time is another mount of it too: a bind of the
     // whole tree.
     let mnt = "/srv/attack-mnt";

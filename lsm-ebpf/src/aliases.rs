@@ -150,8 +150,8 @@ impl Buffers {
 /// Whether `current` (a dentry and the vfsmount it is seen through) may not also or instead
 /// be called `new`: true when `new` allows an access `current` denies, when either name is a
 /// directory with rules below it, or when a name cannot be built (undecidable; `detail` says
-/// why). Names are built relative to the task's root, as
-/// `file_open` sees them. On a denial `detail` holds the current name and what `new` adds.
+/// why). Names are built relative to the task's root, as `file_open` sees them. On a denial
+/// `detail` holds the current name and what `new` adds.
 #[inline(always)]
 fn new_name_denied(
     governed: &Governed,
@@ -177,25 +177,18 @@ fn new_name_denied(
         // registers, every combination of the two answers would be verified separately.
         let new_out = unsafe { &raw mut (*out)[0] };
         let current_out = unsafe { &raw mut (*out)[1] };
-        if !name_allows(
-            governed, scratch, buf, new, root, directory, detail, new_out,
-        ) || !name_allows(
-            governed,
-            scratch,
-            buf,
-            current,
-            root,
-            directory,
-            detail,
-            current_out,
-        ) {
+        let mut allows =
+            |name, out| name_allows(governed, scratch, buf, name, root, directory, detail, out);
+        let built = allows(new, new_out) && allows(current, current_out);
+        if !built {
             return true;
         }
+        // Read before the owner check, so that the check covers them too.
+        let (new_allows, current_allows) =
+            unsafe { (read_volatile(new_out), read_volatile(current_out)) };
         if unsafe { read_volatile(&(*scratch).owner) } != me {
             continue;
         }
-        let (new_allows, current_allows) =
-            unsafe { (read_volatile(new_out), read_volatile(current_out)) };
         if (new_allows | current_allows) & RULES_BELOW != 0 {
             // Moving a directory with rules below either name would move those rules' paths
             // onto other files, or other files onto them.

@@ -289,7 +289,7 @@ pub fn file_denied(governed: &Governed, found: u16, access: u8) -> bool {
 
 /// How often a path lookup is retried when another task's program run overwrote the scratch
 /// buffer meanwhile (it takes a preemption inside the program each time).
-pub const PATH_ATTEMPTS: u32 = 4;
+const PATH_ATTEMPTS: u32 = 4;
 
 /// Resolves `f_path` with `bpf_d_path` and looks it up with `lookup`: see `lookup_name`.
 #[inline(always)]

@@ -188,7 +188,7 @@ impl Detail {
 /// denial (hook, reason, access, protocol, family, path length) pass through map memory,
 /// which the verifier reads back as unknown values. Kept as constants, every combination made
 /// it verify the reporting code again: on 6.1 the programs took 1,050,000 instructions to
-/// verify instead of 405,000 (`path_rename` alone 983,000), about 5 s of start-up under
+/// verify instead of about 400,000 (`path_rename` alone 983,000), about 5 s of start-up under
 /// emulation. Another task's run on this CPU between the write and the read could leave its
 /// fields there: the owner stamp detects that, and the record then says `contended`. The
 /// decision itself never passes through memory.

@@ -27,15 +27,13 @@ use enforcerd_common::{PathKey, access, hook, reason, verdict as v};
 
 use crate::{
     decide::{Detail, EPERM, Governed, governing_profile, verdict},
+    file_verdicts::is_directory_mode,
     maps::{EXEC_RULES, FILE_RULES, PathScratch, SCRATCH, WALK_BUFFER, WalkBuffer},
     offsets,
     path_walk::{build_name, read_ptr, task_root},
     programs::{PATH_KEY_BITS, as_path_key, file_denied, lookup_name},
 };
 
-/// `S_IFMT` and `S_IFDIR` in `inode->i_mode`.
-const S_IFMT: u16 = 0o170000;
-const S_IFDIR: u16 = 0o040000;
 const RENAME_EXCHANGE: u32 = 2;
 /// How often a link or rename decision is tried when another task's run overwrote the
 /// per-CPU buffers meanwhile (then `contended`, denied). Two, not `PATH_ATTEMPTS`: every
@@ -267,7 +265,7 @@ fn is_directory(dentry: *const u8) -> bool {
         return false;
     }
     unsafe { bpf_probe_read_kernel(inode.add(offsets::inode_i_mode()) as *const u16) }
-        .is_ok_and(|mode| mode & S_IFMT == S_IFDIR)
+        .is_ok_and(is_directory_mode)
 }
 
 /// A file reached through a mount of the task's root filesystem other than the task's root

@@ -26,9 +26,13 @@ use crate::{
     offsets,
 };
 
-/// `S_IFMT` and `S_IFDIR` in `inode->i_mode`.
-const S_IFMT: u16 = 0o170000;
-const S_IFDIR: u16 = 0o040000;
+/// Whether an `inode->i_mode` is a directory's (`S_IFMT` bits equal to `S_IFDIR`).
+#[inline(always)]
+pub fn is_directory_mode(mode: u16) -> bool {
+    const S_IFMT: u16 = 0o170000;
+    const S_IFDIR: u16 = 0o040000;
+    mode & S_IFMT == S_IFDIR
+}
 
 /// The current paths generation (read it before resolving a path).
 #[inline(always)]
@@ -143,7 +147,7 @@ pub fn d_instantiate(ctx: LsmContext) -> i32 {
     // A plain load through the hook's typed argument: this runs for every new socket and
     // pipe too, and the helper call would cost more than the rest of the program.
     let mode = unsafe { *(inode.add(offsets::inode_i_mode()) as *const u16) };
-    if mode & S_IFMT == S_IFDIR {
+    if is_directory_mode(mode) {
         bump_paths_generation();
     }
     0
